@@ -1,0 +1,138 @@
+"""Command line: ``python -m evals <command>``.
+
+Each command is a :class:`Command` in :data:`COMMANDS` (name -> arguments + function), so a
+new one is one entry more. Errors a user can act on print ``error: <message>`` on one line:
+exit 2 for :class:`~evals.errors.ConfigError`, 1 when MLflow is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from evals.errors import ConfigError
+from evals.tracking import TrackingUnavailable
+
+DEFAULT_SPOOL = Path(".evals/spool")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "symptom-diagnosis-evals"
+DESCRIPTION = "symptom-diagnosis-evals: upload and compare eval sessions in MLflow"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, how it declares arguments, and what it runs."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    """Return ``--tracking-uri``, else ``$EVALS_TRACKING_URI``, else the local sqlite store."""
+    return str(args.tracking_uri or os.environ.get("EVALS_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def positive_int(text: str) -> int:
+    """Argparse type for counts of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _configure_sync(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--spool", type=Path, default=DEFAULT_SPOOL, help="Spool directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="Upload everything here (default: $EVALS_TRACKING_URI, else each bundle's "
+        f"recorded URI, else {DEFAULT_TRACKING_URI})",
+    )
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from evals.spool import sync_spool
+
+    # Flag > $EVALS_TRACKING_URI > the URI each bundle recorded > the local sqlite store.
+    uri = args.tracking_uri or os.environ.get("EVALS_TRACKING_URI")
+    results = sync_spool(args.spool, uri, fallback_uri=DEFAULT_TRACKING_URI)
+    if not results:
+        print(f"nothing to sync in {args.spool}")
+    for result in results:
+        if result.ok:
+            print(f"synced {result.session_id}: run {result.run_id}")
+        else:
+            print(f"pending {result.session_id}: {result.error}")
+    return 0 if all(result.ok for result in results) else 1
+
+
+def _configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $EVALS_TRACKING_URI)")
+    parser.add_argument("--experiment", help="Experiment name (default: $EVALS_EXPERIMENT)")
+    parser.add_argument(
+        "--last", type=positive_int, default=10, help="Number of sessions (default: %(default)s)"
+    )
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from evals.history import compare, compare_table, recent_sessions, sessions_table
+
+    uri = tracking_uri(args)
+    experiment = args.experiment or os.environ.get("EVALS_EXPERIMENT") or DEFAULT_EXPERIMENT
+    sessions = recent_sessions(uri, experiment, args.last)
+    console = Console(highlight=False)
+    if not sessions:
+        console.print(f"no sessions in experiment {experiment!r} at {uri}")
+        return 0
+    console.print(sessions_table(sessions))
+    if len(sessions) < 2:
+        console.print("only one session: nothing to compare")
+        return 0
+    newer, older = sessions[0], sessions[1]
+    console.print(compare_table(older, newer, compare(older, newer)))
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "sync": Command("Upload spooled session bundles to MLflow", _configure_sync, _run_sync),
+    "report": Command(
+        "Show recent sessions and compare the last two", _configure_report, _run_report
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="python -m evals", description=DESCRIPTION)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command and return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrackingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

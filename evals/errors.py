@@ -1,0 +1,17 @@
+"""Errors a user can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+
+class ConfigError(pytest.UsageError):
+    """Bad configuration or input: one readable line naming what, where, found and allowed.
+
+    It subclasses ``pytest.UsageError`` so that pytest prints ``ERROR: <message>`` and exits
+    with code 4 instead of a traceback; ``python -m evals`` prints it the same way.
+    """
+
+
+class EvalsWarning(pytest.PytestWarning):
+    """Something was degraded (MLflow unreachable, cache entry ignored) but nothing is lost."""

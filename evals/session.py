@@ -1,0 +1,231 @@
+"""One harness session per pytest process: worker-side evaluation, controller-side results.
+
+On every process (xdist worker or a plain ``pytest``) it lazily loads the dataset,
+thresholds, programs and LM and runs evaluations for the tests. On the controller
+(the only process when xdist is off) it gathers the records from test reports,
+gates them after the run loop, and writes the reports and the MLflow run once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+import pytest
+
+from evals.data import Example, SymptomDataset
+from evals.errors import ConfigError
+from evals.records import RECORDS_PROPERTY, ExampleRecord
+from evals.settings import Settings
+
+
+@dataclass(frozen=True)
+class DiagnosisOutcome:
+    """The records of one (program, diagnosis) test and its floor verdict."""
+
+    program: str
+    diagnosis: str
+    records: tuple[ExampleRecord, ...]
+    failure: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+    def as_property(self) -> tuple[str, list[dict[str, Any]]]:
+        return RECORDS_PROPERTY, [record.to_dict() for record in self.records]
+
+
+@dataclass
+class ControllerState:
+    """What the controller gathers while the tests run."""
+
+    records: list[ExampleRecord] = field(default_factory=list)
+    eval_reports: int = 0
+    eval_failures: int = 0
+    crashed_workers: list[str] = field(default_factory=list)
+    worker_outputs: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class EvalsSession:
+    """Hooks and lazily loaded resources of the harness for one pytest process."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.is_worker = hasattr(config, "workerinput")
+        self.session_id = (config.workerinput["evals_session_id"] if self.is_worker else uuid.uuid4().hex)
+        self.started_at = time.time()
+        self.state = ControllerState()
+        self.summary: Any = None
+        self._cache: dict[str, Any] = {}
+
+    # ----- resources (any process) -----
+
+    def registry(self) -> dict[str, Any]:
+        """The PROGRAMS dict of the configured registry module."""
+        if "registry" not in self._cache:
+            name = self.settings["registry"]
+            try:
+                module = import_module(name)
+            except ModuleNotFoundError as exc:
+                raise ConfigError(f"--evals-registry: cannot import program registry {name!r} ({exc})") from None
+            self._cache["registry"] = dict(module.PROGRAMS)
+        return self._cache["registry"]
+
+    def program_names(self) -> list[str]:
+        """The programs selected by ``--evals-programs`` (all registered by default)."""
+        known = self.registry()
+        chosen = self.settings["programs"] or tuple(known)
+        unknown = [name for name in chosen if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"--evals-programs: unknown program {unknown[0]!r}; known programs: {', '.join(sorted(known))}"
+            )
+        return list(chosen)
+
+    def dataset(self) -> SymptomDataset:
+        if "dataset" not in self._cache:
+            from evals.data import load_dataset
+
+            data_dir = self.settings["data-dir"]
+            self._cache["dataset"] = load_dataset(
+                self.settings.path("data-dir") if data_dir else None, seed=self.settings["seed"]
+            )
+        return self._cache["dataset"]
+
+    def examples(self) -> tuple[Example, ...]:
+        """The sampled examples of the evaluated split."""
+        from evals.data import sample
+
+        split = self.dataset().split(self.settings["split"])
+        return sample(split, self.settings["per-diagnosis"], seed=self.settings["seed"])
+
+    def thresholds(self) -> Any:
+        if "thresholds" not in self._cache:
+            from evals.thresholds import load_thresholds
+
+            self._cache["thresholds"] = load_thresholds(self.settings.path("thresholds"), self.registry())
+        return self._cache["thresholds"]
+
+    def lm_spec(self) -> Any:
+        from evals.lm import parse_lm_spec
+
+        s = self.settings
+        return parse_lm_spec(s["lm"], temperature=s["temperature"], max_tokens=s["max-tokens"],
+                             api_base=s["lm-api-base"], timeout_s=s["timeout"])
+
+    def lm(self) -> Any:
+        """Build the LM once per process and make it dspy's default, with the JSON adapter."""
+        if "lm" not in self._cache:
+            import dspy
+
+            from evals.lm import build_lm, worker_threads
+
+            workers = int(self.config.workerinput.get("workercount", 1)) if self.is_worker else 1
+            # One response cache for all workers and sessions (diskcache is safe across processes).
+            dspy.configure_cache(disk_cache_dir=str(self.settings.path("cache-dir") / "lm"))
+            lm = build_lm(self.lm_spec(), n_threads=worker_threads(workers), cache=not self.settings["no-cache"])
+            dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+            self._cache["lm"] = lm
+        return self._cache["lm"]
+
+    def program(self, name: str) -> Any:
+        key = f"program:{name}"
+        if key not in self._cache:
+            import dspy
+
+            spec = self.registry()[name]
+            trainset = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")
+                        for e in self.dataset().split("train")]
+            self._cache[key] = spec.build(trainset)
+        return self._cache[key]
+
+    def evaluate(self, program: str, diagnosis: str) -> DiagnosisOutcome:
+        """Run ``program`` on the sampled examples of ``diagnosis`` and check its recall floor."""
+        from evals.gate import diagnosis_failure
+        from evals.runner import run_examples
+
+        examples = [e for e in self.examples() if e.diagnosis == diagnosis]
+        records = run_examples(self.program(program), program, examples)
+        correct = sum(record.correct for record in records)
+        limits = self.thresholds().for_program(program)
+        failure = diagnosis_failure(program, diagnosis, correct, len(records), limits)
+        return DiagnosisOutcome(program, diagnosis, tuple(records), failure)
+
+    # ----- xdist plumbing -----
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["evals_session_id"] = self.session_id
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", {}) or {}
+        if "evals" in output:
+            self.state.worker_outputs.append(output["evals"])
+        if error:
+            self.state.crashed_workers.append(str(getattr(node, "gateway", node).id))
+
+    # ----- hooks -----
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        if self.settings.path("thresholds").exists() or self.config.getoption("evals_thresholds"):
+            self.thresholds()  # a bad thresholds.yaml stops the session before any LM call
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.is_worker or report.when != "call":
+            return
+        batches = [value for key, value in report.user_properties if key == RECORDS_PROPERTY]
+        if not batches:
+            return
+        self.state.eval_reports += 1
+        self.state.eval_failures += int(report.failed)
+        self.state.records.extend(ExampleRecord.from_dict(item) for batch in batches for item in batch)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Iterator[None]:
+        try:
+            result = yield
+        except KeyboardInterrupt:
+            self.state.interrupted = True
+            raise
+        if not self.is_worker and self.state.records:
+            from evals.outcome import summarize
+
+            self.summary = summarize(self)
+            for line in self.summary.error_lines:
+                self._terminal_line(f"ERROR: {line}", red=True)
+            session.testsfailed += len(self.summary.error_lines)
+        return result
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            self.config.workeroutput["evals"] = {"pid": __import__("os").getpid()}  # type: ignore[attr-defined]
+            return
+        if self.state.records:
+            from evals.outcome import summarize, write_and_log
+
+            if self.summary is None:  # interrupted before the loop ended: keep what was gathered
+                self.state.interrupted = True
+                self.summary = summarize(self)
+            write_and_log(self, self.summary)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker or self.summary is None:
+            return
+        from evals.outcome import render_summary
+
+        render_summary(self, self.summary, terminalreporter)
+
+    def _terminal_line(self, text: str, *, red: bool = False) -> None:
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(text, red=red, bold=red)

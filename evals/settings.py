@@ -1,0 +1,170 @@
+"""Layered configuration: defaults < pyproject.toml ini keys < environment < CLI flags.
+
+Each setting has one name; the CLI flag is ``--evals-<name>``, the ini key
+``evals_<name>`` and the environment variable ``EVALS_<NAME>`` (dashes become
+underscores). :func:`resolve` reads them once into a frozen :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evals.data import parse_per_diagnosis
+from evals.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name, default, help text and parser from text."""
+
+    name: str
+    default: str | None
+    help: str
+    parse: Callable[[str], Any] = str
+    flag: bool = False
+    fallback_env: str | None = None
+
+    @property
+    def cli(self) -> str:
+        return f"--evals-{self.name}"
+
+    @property
+    def ini(self) -> str:
+        return f"evals_{self.name.replace('-', '_')}"
+
+    @property
+    def env(self) -> str:
+        return f"EVALS_{self.name.replace('-', '_').upper()}"
+
+    @property
+    def dest(self) -> str:
+        return self.ini
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, found {text!r}")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive number, found {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 2:
+        raise ValueError(f"expected a temperature between 0 and 2, found {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def _split(text: str) -> str:
+    if text not in ("train", "val", "test"):
+        raise ValueError(f"expected train, val or test, found {text!r}")
+    return text
+
+
+def _trigger(text: str) -> str:
+    if text not in ("local", "ci", "nightly"):
+        raise ValueError(f"expected local, ci or nightly, found {text!r}")
+    return text
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("lm", "smollm2", "LM spec: smollm2, llamacpp:PATH.gguf, mlx:smollm2|DIR|HF-ID or provider/model"),
+    Option("lm-api-base", None, "Base URL of an OpenAI-compatible server for a provider/model LM"),
+    Option("temperature", "0", "Sampling temperature of the LM", _temperature),
+    Option("max-tokens", "384", "Completion token budget per LM call", _positive_int),
+    Option("timeout", "120", "Seconds before one LM call times out", _positive_float),
+    Option("data-dir", None, "Local directory with train.jsonl and test.jsonl (default: the Hugging Face Hub)"),
+    Option("split", "test", "Split to evaluate: train, val or test", _split),
+    Option("per-diagnosis", "2", "Examples per diagnosis to evaluate, or 'all'", parse_per_diagnosis),
+    Option("seed", "0", "Seed of the train/val split and of the sampler", int),
+    Option("programs", None, "Comma-separated programs to evaluate (default: all registered)", _names),
+    Option("registry", "programs", "Python module whose PROGRAMS dict names the programs"),
+    Option("thresholds", "thresholds.yaml", "Path of the thresholds file, relative to the rootdir"),
+    Option("tracking-uri", "sqlite:///mlflow.db", "MLflow tracking URI (also read from MLFLOW_TRACKING_URI)",
+           fallback_env="MLFLOW_TRACKING_URI"),
+    Option("experiment", "symptom-diagnosis-evals", "MLflow experiment name"),
+    Option("no-mlflow", "false", "Do not log the session to MLflow (reports are still written)", _bool, flag=True),
+    Option("trigger", None, "Why this session runs: local, ci or nightly (default: ci when CI is set)", _trigger),
+    Option("report-dir", ".evals/reports", "Directory for session reports (one subdirectory per session)"),
+    Option("spool-dir", ".evals/spool", "Directory where sessions wait when MLflow is unreachable"),
+    Option("cache-dir", ".evals/cache", "Directory of the LM response cache and compiled programs"),
+    Option("no-cache", "false", "Bypass the LM response cache (fresh answers)", _bool, flag=True),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every harness setting after layering, parsed."""
+
+    values: Mapping[str, Any]
+    rootdir: Path
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def path(self, name: str) -> Path:
+        """A path setting, relative to the rootdir unless absolute."""
+        return (self.rootdir / Path(self.values[name]).expanduser()).resolve()
+
+    @property
+    def trigger(self) -> str:
+        return self.values["trigger"] or ("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "local")
+
+
+def resolve(
+    cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str], rootdir: Path
+) -> Settings:
+    """Layer the sources of every option and parse them; a bad value raises ConfigError naming its source."""
+    values = {}
+    for option in OPTIONS:
+        text, source = _raw(option, cli, ini, environ)
+        values[option.name] = _parse(option, text, source)
+    return Settings(values=values, rootdir=rootdir)
+
+
+def _raw(option: Option, cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str]
+         ) -> tuple[str | None, str]:
+    if cli.get(option.dest) not in (None, False):
+        value = cli[option.dest]
+        return ("true" if value is True else str(value)), option.cli
+    if environ.get(option.env):
+        return environ[option.env], f"environment variable {option.env}"
+    if option.fallback_env and environ.get(option.fallback_env):
+        return environ[option.fallback_env], f"environment variable {option.fallback_env}"
+    if ini.get(option.ini):
+        return str(ini[option.ini]), f"ini key {option.ini}"
+    return option.default, "default"
+
+
+def _parse(option: Option, text: str | None, source: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return option.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

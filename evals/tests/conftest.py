@@ -1,0 +1,105 @@
+"""Fixtures for the harness's own tests: tiny datasets and scripted eval projects.
+
+The eval projects that ``pytester`` runs here use dspy's ``DummyLM`` (through an
+``evals_lm`` fixture override written into the project's conftest), never a real LM:
+the harness is under test, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evals.labels import DIAGNOSES
+
+SYMPTOM_WORDS = ("itchy", "burning", "sore", "swollen", "aching", "dizzy", "tired", "feverish")
+
+
+def write_tiny_dataset(directory: Path, train_per_label: int = 5, test_per_label: int = 2) -> Path:
+    """Write train.jsonl / test.jsonl with distinct synthetic texts for every diagnosis."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, per_label in (("train", train_per_label), ("test", test_per_label)):
+        lines = []
+        for label_index, label in enumerate(DIAGNOSES):
+            for i in range(per_label):
+                word = SYMPTOM_WORDS[(label_index + i) % len(SYMPTOM_WORDS)]
+                text = f"Patient {split} {label_index}-{i}: I feel {word} and it points to {label} somehow."
+                lines.append(json.dumps({"output_text": label, "input_text": text}))
+        (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path: Path) -> Path:
+    return write_tiny_dataset(tmp_path / "data")
+
+
+SUITE = '''
+import pytest
+
+def test_diagnosis(evals_program, diagnosis, evals_evaluate):
+    outcome = evals_evaluate(evals_program, diagnosis)
+    if outcome.failure:
+        pytest.fail(outcome.failure, pytrace=False)
+'''
+
+# The scripted LM answers the gold label for the first example of each diagnosis (by id)
+# and a wrong label for the others, so accuracy is known in advance: 0.5 with 2 per label.
+DUMMY_CONFTEST = '''
+import pytest
+
+from evals.labels import DIAGNOSES
+
+
+def scripted_answer(example, rank):
+    if rank == 0:
+        return example.diagnosis
+    return DIAGNOSES[(DIAGNOSES.index(example.diagnosis) + 1) % len(DIAGNOSES)]
+
+
+@pytest.fixture(scope="session")
+def evals_lm(evals_session):
+    import dspy
+    from dspy.utils.dummies import DummyLM
+
+    answers, seen = {}, {}
+    for example in evals_session.examples():
+        rank = seen.get(example.diagnosis, 0)
+        seen[example.diagnosis] = rank + 1
+        answers[example.symptoms] = {"reasoning": "scripted", "diagnosis": scripted_answer(example, rank)}
+    lm = DummyLM(answers, adapter=dspy.JSONAdapter())
+    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+    return lm
+'''
+
+THRESHOLDS = """
+version: 1
+programs:
+  default:
+    min_accuracy: 0.0
+    max_invalid_rate: 0.5
+    recall:
+      default: 0.0
+      min_support: 1
+"""
+
+
+@pytest.fixture
+def eval_project(pytester: pytest.Pytester, tmp_path: Path) -> pytest.Pytester:
+    """A pytester project with the suite, a DummyLM conftest, thresholds and a tiny dataset."""
+    data = write_tiny_dataset(tmp_path / "data")
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeconftest(DUMMY_CONFTEST)
+    pytester.path.joinpath("thresholds.yaml").write_text(textwrap.dedent(THRESHOLDS))
+    pytester.makeini(
+        f"""
+        [pytest]
+        evals_data_dir = {data}
+        evals_programs = zero_shot
+        evals_tracking_uri = sqlite:///{pytester.path / "mlflow.db"}
+        """
+    )
+    return pytester

@@ -1,0 +1,356 @@
+"""Load and validate ``thresholds.yaml`` (pure functions over plain data).
+
+The file says how good each program must be for the gate to pass::
+
+    version: 1
+    programs:
+      default:            # applies to every program, overridden key by key
+        min_accuracy: 0.0
+        recall: {default: 0.0, min_support: 5, overrides: {migraine: 0.0}}
+      knn_few_shot:
+        min_accuracy: 0.3
+
+Every problem raises :class:`~evals.errors.ConfigError` with one line naming the file, the
+key path, the value found and what is allowed, so pytest prints it as ``ERROR: ...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeGuard, TypeVar
+
+import yaml
+
+from evals.errors import ConfigError
+from evals.labels import DIAGNOSIS_SET, unknown_label_message
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+DEFAULT_SECTION = "default"
+"""Name of the ``programs`` section that every program inherits from."""
+
+TOP_LEVEL_KEYS = ("version", "programs", "regression", "drift", "robustness")
+PROGRAM_KEYS = ("min_accuracy", "min_macro_f1", "max_invalid_rate", "max_p95_latency_ms", "recall")
+RECALL_KEYS = ("default", "min_support", "overrides")
+
+MINIMAL_FILE = "{version: 1, programs: {default: {min_accuracy: 0.0}}}"
+"""A one-line valid thresholds file, quoted in the 'file not found' message."""
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class RecallThresholds:
+    """Per-diagnosis recall floors of one program.
+
+    Attributes:
+        default: Floor for every diagnosis without an override.
+        min_support: Floors on fewer examples than this are reported but not enforced,
+            because recall over two or three examples is mostly noise.
+        overrides: Diagnosis -> floor, for the diagnoses that need their own.
+    """
+
+    default: float = 0.0
+    min_support: int = 5
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def floor(self, diagnosis: str) -> float:
+        """Return the minimum recall required for ``diagnosis``."""
+        return self.overrides.get(diagnosis, self.default)
+
+
+@dataclass(frozen=True)
+class ProgramThresholds:
+    """The limits one program must meet; values on a 0-1 scale except latency.
+
+    The defaults are the values used when neither the program's section nor the ``default``
+    section sets a key: they never fail a run, and ``math.inf`` latency means no latency check.
+    """
+
+    min_accuracy: float = 0.0
+    min_macro_f1: float = 0.0
+    max_invalid_rate: float = 1.0
+    max_p95_latency_ms: float = math.inf
+    recall: RecallThresholds = field(default_factory=RecallThresholds)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A validated thresholds file.
+
+    Attributes:
+        source: Where it was read from, as shown in messages.
+        sha256: Hex digest of the file bytes, logged so a run names the limits it used.
+        programs: Program name -> limits, already merged with ``default``; only programs
+            that have a section in the file.
+        default: The ``default`` section merged over the built-in defaults.
+        regression: The raw ``regression`` section (validated by its own module).
+        drift: The raw ``drift`` section.
+        robustness: The raw ``robustness`` section.
+    """
+
+    source: str
+    sha256: str
+    programs: Mapping[str, ProgramThresholds]
+    default: ProgramThresholds
+    regression: Mapping[str, object] = field(default_factory=dict)
+    drift: Mapping[str, object] = field(default_factory=dict)
+    robustness: Mapping[str, object] = field(default_factory=dict)
+
+    def for_program(self, name: str) -> ProgramThresholds:
+        """Return the limits of ``name``, or the ``default`` ones when it has no section."""
+        return self.programs.get(name, self.default)
+
+
+@dataclass(frozen=True)
+class _Section:
+    """What one ``programs.<name>`` section sets; ``None`` means 'inherit'."""
+
+    min_accuracy: float | None = None
+    min_macro_f1: float | None = None
+    max_invalid_rate: float | None = None
+    max_p95_latency_ms: float | None = None
+    recall_default: float | None = None
+    min_support: int | None = None
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Location:
+    """A key path inside a file, used to build error messages."""
+
+    source: str
+    path: str = ""
+
+    def child(self, key: object) -> _Location:
+        return _Location(self.source, f"{self.path}.{key}" if self.path else str(key))
+
+    def error(self, problem: str) -> ConfigError:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return ConfigError(f"{where}: {problem}")
+
+
+def load_thresholds(path: Path, programs: Collection[str]) -> Thresholds:
+    """Read, parse and validate a thresholds file.
+
+    Args:
+        path: The YAML file, usually ``thresholds.yaml`` at the repository root.
+        programs: Names of the known programs; other sections (except ``default``) are errors.
+
+    Returns:
+        The validated thresholds, with each program section merged over ``default``.
+
+    Raises:
+        ConfigError: The file is missing, unreadable, not YAML or not a valid thresholds file.
+    """
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{source}: file not found; create it by copying the example thresholds.yaml "
+            f"from the README, or start from this minimal content: {MINIMAL_FILE}"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read the file: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise _yaml_error(error, source) from None
+    return parse_thresholds(data, source, programs, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def parse_thresholds(
+    data: object, source: str, programs: Collection[str], *, sha256: str = ""
+) -> Thresholds:
+    """Validate an already loaded thresholds mapping.
+
+    Args:
+        data: What ``yaml.safe_load`` returned.
+        source: The file name to put in messages.
+        programs: Names of the known programs.
+        sha256: Digest of the file bytes, when there was a file.
+
+    Raises:
+        ConfigError: Any unknown key, wrong type, value out of range, unknown program or
+            unknown diagnosis, naming the key path, the value found and what is allowed.
+    """
+    top = _Location(source)
+    if data is None:
+        raise top.error("file is empty; it needs at least 'version: 1'")
+    if not isinstance(data, Mapping):
+        raise top.error(f"expected a mapping at the top level, found {_found(data)}")
+    _check_keys(data, TOP_LEVEL_KEYS, top)
+    _check_version(data, top)
+    sections = _parse_programs(data.get("programs"), top.child("programs"), programs)
+    default = _merge(ProgramThresholds(), sections.pop(DEFAULT_SECTION, _Section()))
+    return Thresholds(
+        source=source,
+        sha256=sha256,
+        programs={name: _merge(default, section) for name, section in sections.items()},
+        default=default,
+        regression=_raw_section(data, "regression", top),
+        drift=_raw_section(data, "drift", top),
+        robustness=_raw_section(data, "robustness", top),
+    )
+
+
+def _yaml_error(error: yaml.YAMLError, source: str) -> ConfigError:
+    """Turn a PyYAML error into one line with the 1-based line and column."""
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return ConfigError(f"{source}: not valid YAML: {problem}")
+    return ConfigError(
+        f"{source}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+    )
+
+
+def _check_version(data: Mapping[object, object], top: _Location) -> None:
+    where = top.child("version")
+    if "version" not in data:
+        raise where.error("missing required key; add 'version: 1' at the top of the file")
+    version = data["version"]
+    if not (_is_int(version) and version in SUPPORTED_VERSIONS):
+        supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+        raise where.error(f"unsupported version {_found(version)}; supported: {supported}")
+
+
+def _parse_programs(
+    value: object, where: _Location, programs: Collection[str]
+) -> dict[str, _Section]:
+    known = [DEFAULT_SECTION, *sorted(set(programs) - {DEFAULT_SECTION})]
+    sections: dict[str, _Section] = {}
+    for name, section in _mapping(value, where, "a mapping of program name to limits").items():
+        if name not in known:
+            raise where.child(name).error(f"unknown program {name!r}; known: {', '.join(known)}")
+        sections[str(name)] = _parse_section(section, where.child(name))
+    return sections
+
+
+def _parse_section(value: object, where: _Location) -> _Section:
+    section = _mapping(value, where, f"a mapping with keys {', '.join(PROGRAM_KEYS)}")
+    _check_keys(section, PROGRAM_KEYS, where)
+    at_recall = where.child("recall")
+    recall_keys = f"a mapping with keys {', '.join(RECALL_KEYS)}"
+    recall = _mapping(section.get("recall"), at_recall, recall_keys)
+    _check_keys(recall, RECALL_KEYS, at_recall)
+    return _Section(
+        min_accuracy=_optional(section, "min_accuracy", where, _fraction),
+        min_macro_f1=_optional(section, "min_macro_f1", where, _fraction),
+        max_invalid_rate=_optional(section, "max_invalid_rate", where, _fraction),
+        max_p95_latency_ms=_optional(section, "max_p95_latency_ms", where, _milliseconds),
+        recall_default=_optional(recall, "default", at_recall, _fraction),
+        min_support=_optional(recall, "min_support", at_recall, _count),
+        overrides=_parse_overrides(recall.get("overrides"), at_recall.child("overrides")),
+    )
+
+
+def _parse_overrides(value: object, where: _Location) -> dict[str, float]:
+    overrides: dict[str, float] = {}
+    floors = _mapping(value, where, "a mapping of diagnosis to recall floor")
+    for diagnosis, floor in floors.items():
+        if diagnosis not in DIAGNOSIS_SET:
+            raise where.child(diagnosis).error(unknown_label_message(diagnosis))
+        overrides[str(diagnosis)] = _fraction(floor, where.child(diagnosis))
+    return overrides
+
+
+def _merge(base: ProgramThresholds, section: _Section) -> ProgramThresholds:
+    """Apply a section over ``base`` key by key; recall overrides merge dict-wise."""
+    recall = RecallThresholds(
+        default=_pick(section.recall_default, base.recall.default),
+        min_support=_pick(section.min_support, base.recall.min_support),
+        overrides={**base.recall.overrides, **section.overrides},
+    )
+    return ProgramThresholds(
+        min_accuracy=_pick(section.min_accuracy, base.min_accuracy),
+        min_macro_f1=_pick(section.min_macro_f1, base.min_macro_f1),
+        max_invalid_rate=_pick(section.max_invalid_rate, base.max_invalid_rate),
+        max_p95_latency_ms=_pick(section.max_p95_latency_ms, base.max_p95_latency_ms),
+        recall=recall,
+    )
+
+
+def _raw_section(data: Mapping[object, object], key: str, top: _Location) -> dict[str, object]:
+    """Return a section kept for a later validator, checking only that it is a mapping."""
+    section = _mapping(data.get(key), top.child(key), "a mapping")
+    return {str(name): value for name, value in section.items()}
+
+
+def _mapping(value: object, where: _Location, expected: str) -> Mapping[object, object]:
+    """Return ``value`` as a mapping; an empty section (``null``) counts as an empty one."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise where.error(f"expected {expected}, found {_found(value)}")
+    return value
+
+
+def _check_keys(
+    mapping: Mapping[object, object], allowed: tuple[str, ...], where: _Location
+) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise where.child(key).error(f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+
+
+def _optional(
+    mapping: Mapping[object, object],
+    key: str,
+    where: _Location,
+    convert: Callable[[object, _Location], _T],
+) -> _T | None:
+    return convert(mapping[key], where.child(key)) if key in mapping else None
+
+
+def _fraction(value: object, where: _Location) -> float:
+    if _is_number(value) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise where.error(f"expected a number between 0 and 1, found {_found(value)}")
+
+
+def _milliseconds(value: object, where: _Location) -> float:
+    if _is_number(value) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise where.error(f"expected a positive number of milliseconds, found {_found(value)}")
+
+
+def _count(value: object, where: _Location) -> int:
+    if _is_int(value) and value >= 0:
+        return value
+    raise where.error(f"expected a whole number >= 0, found {_found(value)}")
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    # bool is an int subclass, but `min_accuracy: yes` is a mistake, not 1.0.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pick(value: _T | None, fallback: _T) -> _T:
+    return fallback if value is None else value
+
+
+def _found(value: object) -> str:
+    """Describe a found value in YAML terms, short enough for one line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if _is_number(value):
+        return repr(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"{shown!r} (a string)"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"

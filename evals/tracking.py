@@ -1,0 +1,390 @@
+"""Upload one session bundle to MLflow: one parent run, one nested run per program.
+
+The bundle is a directory written at the end of a pytest session::
+
+    <bundle>/session.json           session and per-program params, tags and metrics
+    <bundle>/artifacts/**           logged to the parent run
+    <bundle>/programs/<program>/**  logged to that program's nested run
+
+Uploads are exactly-once per ``session_id``: the parent run carries the tag
+``evals.session_id`` and is terminated *last*, so a terminated parent means a complete
+upload. A parent left ``RUNNING`` by an interrupted upload is deleted and uploaded afresh.
+Everything is logged with ``log_batch`` / ``log_artifacts``; nothing per example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from evals import secrets
+from evals.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from evals.redact import Redactor
+
+SESSION_TAG = "evals.session_id"
+PROGRAM_TAG = "evals.program"
+PARENT_TAG = "mlflow.parentRunId"
+BUNDLE_FORMAT = 1
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+TEXT_SUFFIXES = frozenset(
+    {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".html", ".yaml", ".yml", ".log"}
+)
+"""Artifacts with these suffixes are redacted and scrubbed before upload; others are copied."""
+
+FAST_FAIL_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+}
+"""Applied around MLflow calls to http(s) servers (unless the user set them), so that a dead
+server fails in seconds instead of MLflow's default minutes of retries."""
+
+_SESSION_ID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
+_MAX_PARAMS_TAGS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+_MAX_ENTITIES = 1000  # MAX_METRICS_PER_BATCH and MAX_ENTITIES_PER_BATCH
+_MAX_PARAM_LENGTH = 6000  # MAX_PARAM_VAL_LENGTH
+_MAX_TAG_LENGTH = 8000  # MAX_TAG_VAL_LENGTH
+_CONNECTION_REASONS = (
+    (("connection refused",), "connection refused"),
+    (("timed out", "timeout"), "timed out"),
+    (("name or service not known", "nodename nor servname", "failed to resolve"), "unknown host"),
+    (("connection reset", "connection aborted", "remote end closed"), "connection dropped"),
+    (("too many 5",), "the server keeps answering HTTP 5xx"),
+    (("max retries exceeded",), "no answer"),
+    (("unable to open database file",), "cannot open the database file"),
+)
+
+
+class TrackingUnavailable(Exception):
+    """MLflow could not be reached or refused the upload; the message is one readable line.
+
+    Attributes:
+        uri: The tracking URI, without credentials.
+        reason: The short reason, e.g. ``"connection refused"``.
+        unreachable: True when the server could not be talked to at all (connection level),
+            False when it answered with an error.
+    """
+
+    def __init__(self, uri: str, reason: str, unreachable: bool = True) -> None:
+        self.uri = uri
+        self.reason = reason
+        self.unreachable = unreachable
+        word = "unreachable" if unreachable else "failed"
+        super().__init__(f"MLflow at {uri} {word}: {reason}")
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Params, tags and metrics of one run (the session's parent run or a program's)."""
+
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A parsed, validated session bundle (see the module docstring for the layout)."""
+
+    path: Path
+    session_id: str
+    experiment: str
+    run_name: str
+    started_at: float
+    finished_at: float
+    status: str
+    session: RunData
+    programs: dict[str, RunData]
+
+    @classmethod
+    def load(cls, path: Path) -> Bundle:
+        """Read and validate ``<path>/session.json``.
+
+        Raises:
+            ConfigError: The file is missing, not JSON, or breaks the bundle contract.
+        """
+        where = path / "session.json"
+        try:
+            data = json.loads(where.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"session bundle {where}: cannot read: {exc}") from None
+        try:
+            return cls._from_json(path, data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"session bundle {where}: {exc}") from None
+
+    @classmethod
+    def _from_json(cls, path: Path, data: Any) -> Bundle:
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"expected an object with 'format': {BUNDLE_FORMAT}")
+        session_id, status = str(data["session_id"]), str(data["status"])
+        if not _SESSION_ID.fullmatch(session_id):
+            raise ValueError(f"session_id {session_id!r} is not a uuid hex string")
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL_STATUSES)}")
+        programs = {str(name): _run_data(entry) for name, entry in data["programs"].items()}
+        extra = {p.name for p in (path / "programs").glob("*") if p.is_dir()} - set(programs)
+        if extra:
+            raise ValueError(f"programs/{sorted(extra)[0]}/ has no entry in 'programs'")
+        return cls(
+            path=path,
+            session_id=session_id,
+            experiment=str(data["experiment"]),
+            run_name=str(data["run_name"]),
+            started_at=float(data["started_at"]),
+            finished_at=float(data["finished_at"]),
+            status=status,
+            session=_run_data(data),
+            programs=programs,
+        )
+
+
+def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None = None) -> str:
+    """Log a session bundle to MLflow exactly once and return the parent run id.
+
+    Args:
+        bundle: The bundle directory.
+        tracking_uri: e.g. ``"sqlite:///mlflow.db"`` or ``"http://127.0.0.1:5000"``.
+        redactor: Applied to param and tag values and to text artifacts before upload.
+            Param and tag values (and text artifacts) always pass through
+            :func:`evals.secrets.scrub` as well.
+
+    Raises:
+        ConfigError: The bundle breaks the contract (nothing was sent).
+        TrackingUnavailable: Talking to MLflow failed; one readable line.
+    """
+    session = Bundle.load(bundle)
+    with mlflow_errors(tracking_uri):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        experiment_id = ensure_experiment(client, session.experiment, tracking_uri)
+        parents = session_runs(client, experiment_id, session.session_id)
+        complete = [run for run in parents if run.info.status in TERMINAL_STATUSES]
+        if complete:
+            return str(complete[0].info.run_id)
+        for incomplete in parents:  # left RUNNING by an interrupted upload
+            delete_run_tree(client, experiment_id, incomplete.info.run_id)
+        return _upload(client, experiment_id, session, redactor)
+
+
+def run_url_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Return where a user can look at a run: a UI URL, or the command that starts a UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}  (run {run_id})"
+
+
+def display_uri(tracking_uri: str) -> str:
+    """Return the tracking URI without any ``user:password@`` part."""
+    parts = urlsplit(tracking_uri)
+    if parts.username is None and parts.password is None:
+        return tracking_uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextmanager
+def mlflow_errors(tracking_uri: str) -> Iterator[None]:
+    """Make MLflow calls inside fail fast and as :class:`TrackingUnavailable`.
+
+    For http(s) URIs short timeouts and at most one retry are set in the environment (only
+    where the user has not set them) and restored afterwards; MLflow's "View run at" lines
+    are suppressed.
+    """
+    overrides = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    if tracking_uri.startswith(("http://", "https://")):
+        overrides.update(FAST_FAIL_ENV)
+    saved = {name: os.environ.get(name) for name in overrides}
+    for name, value in overrides.items():
+        os.environ.setdefault(name, value)
+    try:
+        yield
+    except (ConfigError, TrackingUnavailable):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure below MLflow is "tracking unavailable"
+        raise unavailable(tracking_uri, exc) from exc
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def unavailable(tracking_uri: str, exc: BaseException) -> TrackingUnavailable:
+    """Turn any exception raised while talking to MLflow into one readable line."""
+    text = str(exc)
+    lowered = text.lower()
+    for needles, reason in _CONNECTION_REASONS:
+        if any(needle in lowered for needle in needles):
+            return TrackingUnavailable(display_uri(tracking_uri), reason)
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    code = getattr(exc, "error_code", None)
+    prefix = f"{code}: " if isinstance(code, str) else f"{type(exc).__name__}: "
+    reason = secrets.scrub_text(prefix + first_line)
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    return TrackingUnavailable(display_uri(tracking_uri), reason, unreachable=False)
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """Return the id of experiment ``name``, creating (or restoring) it when needed.
+
+    A new experiment on a local sqlite store keeps its artifacts in ``mlartifacts/`` next to
+    the database file, not in ``./mlruns`` of whatever directory the upload ran from.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> list[Run]:
+    """Return the active parent runs tagged with a session id, oldest first."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SESSION_TAG}` = '{session_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [run for run in runs if PARENT_TAG not in run.data.tags]
+
+
+def delete_run_tree(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+    """Delete a parent run and its active nested runs (children first)."""
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000
+    )
+    for child in children:
+        client.delete_run(child.info.run_id)
+    client.delete_run(run_id)
+
+
+def _upload(
+    client: MlflowClient, experiment_id: str, session: Bundle, redactor: Redactor | None
+) -> str:
+    start_ms, end_ms = _millis(session.started_at), _millis(session.finished_at)
+    parent = client.create_run(
+        experiment_id,
+        start_time=start_ms,
+        tags={SESSION_TAG: session.session_id},
+        run_name=session.run_name,
+    )
+    parent_id = parent.info.run_id
+    _log_data(client, parent_id, session.session, end_ms, redactor)
+    _log_artifact_dir(client, parent_id, session.path / "artifacts", redactor)
+    for program, program_data in session.programs.items():
+        child = client.create_run(
+            experiment_id,
+            start_time=start_ms,
+            tags={PARENT_TAG: parent_id, PROGRAM_TAG: program},
+            run_name=program,
+        )
+        child_id = child.info.run_id
+        _log_data(client, child_id, program_data, end_ms, redactor)
+        _log_artifact_dir(client, child_id, session.path / "programs" / program, redactor)
+        client.set_terminated(child_id, status=session.status, end_time=end_ms)
+    # Last: a terminated parent is the mark of a complete upload.
+    client.set_terminated(parent_id, status=session.status, end_time=end_ms)
+    return str(parent_id)
+
+
+def _log_data(
+    client: MlflowClient,
+    run_id: str,
+    data: RunData,
+    timestamp_ms: int,
+    redactor: Redactor | None,
+) -> None:
+    """Log params, tags and metrics in batches within MLflow's per-request limits."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    params = [Param(k, v[:_MAX_PARAM_LENGTH]) for k, v in _clean(data.params, redactor).items()]
+    tags = [RunTag(k, v[:_MAX_TAG_LENGTH]) for k, v in _clean(data.tags, redactor).items()]
+    metrics = [Metric(k, v, timestamp_ms, 0) for k, v in data.metrics.items()]
+    for start in range(0, len(params), _MAX_PARAMS_TAGS):
+        client.log_batch(run_id, params=params[start : start + _MAX_PARAMS_TAGS])
+    for start in range(0, len(tags), _MAX_PARAMS_TAGS):
+        client.log_batch(run_id, tags=tags[start : start + _MAX_PARAMS_TAGS])
+    for start in range(0, len(metrics), _MAX_ENTITIES):
+        client.log_batch(run_id, metrics=metrics[start : start + _MAX_ENTITIES])
+
+
+def _clean(values: Mapping[str, str], redactor: Redactor | None) -> dict[str, str]:
+    cleaned = secrets.scrub(values)
+    return redactor.mapping(cleaned) if redactor is not None else cleaned
+
+
+def _log_artifact_dir(
+    client: MlflowClient, run_id: str, source: Path, redactor: Redactor | None
+) -> None:
+    """Log a directory's files (sub-paths kept) after redacting and scrubbing text files."""
+    if not source.is_dir() or not any(p.is_file() for p in source.rglob("*")):
+        return
+    with tempfile.TemporaryDirectory(prefix="evals-artifacts-") as staging:
+        target = Path(staging)
+        for path in source.rglob("*"):
+            if path.is_file():
+                _stage(path, target / path.relative_to(source), redactor)
+        client.log_artifacts(run_id, str(target))
+
+
+def _stage(source: Path, target: Path, redactor: Redactor | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix.lower() not in TEXT_SUFFIXES:
+        shutil.copyfile(source, target)
+        return
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        shutil.copyfile(source, target)
+        return
+    text = secrets.scrub_text(text)
+    target.write_text(redactor.text(text) if redactor is not None else text, encoding="utf-8")
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri[len("sqlite:///") :])
+    if str(database) in ("", ":memory:"):
+        return None
+    return (database.resolve().parent / "mlartifacts").as_uri()
+
+
+def _millis(epoch_seconds: float) -> int:
+    return int(round(epoch_seconds * 1000))
+
+
+def _run_data(entry: Any) -> RunData:
+    """Parse the params, tags and metrics of the session or of one program entry."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"expected an object, got {type(entry).__name__}")
+    params, tags, metrics = (entry.get(key, {}) for key in ("params", "tags", "metrics"))
+    if not all(isinstance(values, dict) for values in (params, tags, metrics)):
+        raise TypeError("'params', 'tags' and 'metrics' must be objects")
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"metric {key!r}: expected a number, got {value!r}")
+    return RunData(
+        params={str(k): str(v) for k, v in params.items()},
+        tags={str(k): str(v) for k, v in tags.items()},
+        metrics={str(k): float(v) for k, v in metrics.items()},
+    )
