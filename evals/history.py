@@ -17,7 +17,7 @@ from evals.errors import ConfigError
 from evals.tracking import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, mlflow_errors
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from mlflow.tracking import MlflowClient
     from mlflow.entities import Run
     from rich.table import Table
 
@@ -100,7 +100,7 @@ def recent_sessions(tracking_uri: str, experiment: str, last: int = 10) -> list[
     """
     _require_database(tracking_uri)
     with mlflow_errors(tracking_uri):
-        from mlflow import MlflowClient
+        from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
         found = client.get_experiment_by_name(experiment)

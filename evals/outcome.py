@@ -154,7 +154,7 @@ def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor:
 
 
 def _experiment_id(uri: str, run_id: str) -> str:
-    from mlflow import MlflowClient
+    from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri).get_run(run_id).info.experiment_id
 
@@ -266,3 +266,5 @@ def render_summary(session: EvalsSession, summary: SessionSummary, terminalrepor
         terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
     for note in summary.notes:
         terminalreporter.write_line(f"WARNING: {note}", yellow=True)
+    for line in summary.error_lines:
+        terminalreporter.write_line(f"ERROR: {line}", red=True, bold=True)

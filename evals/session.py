@@ -177,8 +177,11 @@ class EvalsSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
+        # Fail fast, before any worker starts or any LM call: bad program names, a bad thresholds.yaml.
+        if self.settings["programs"]:
+            self.program_names()
         if self.settings.path("thresholds").exists() or self.config.getoption("evals_thresholds"):
-            self.thresholds()  # a bad thresholds.yaml stops the session before any LM call
+            self.thresholds()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker or report.when != "call":
@@ -201,8 +204,7 @@ class EvalsSession:
             from evals.outcome import summarize
 
             self.summary = summarize(self)
-            for line in self.summary.error_lines:
-                self._terminal_line(f"ERROR: {line}", red=True)
+            # Like pytest-cov: fail the session here, print the red lines in the terminal summary.
             session.testsfailed += len(self.summary.error_lines)
         return result
 
@@ -224,8 +226,3 @@ class EvalsSession:
         from evals.outcome import render_summary
 
         render_summary(self, self.summary, terminalreporter)
-
-    def _terminal_line(self, text: str, *, red: bool = False) -> None:
-        reporter = self.config.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(text, red=red, bold=red)

@@ -19,18 +19,18 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from evals import secrets
 from evals.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from mlflow.tracking import MlflowClient
     from mlflow.entities import Run
 
     from evals.redact import Redactor
@@ -53,11 +53,15 @@ FAST_FAIL_ENV = {
 """Applied around MLflow calls to http(s) servers (unless the user set them), so that a dead
 server fails in seconds instead of MLflow's default minutes of retries."""
 
+P, T, M = TypeVar("P"), TypeVar("T"), TypeVar("M")
+
 _SESSION_ID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
-_MAX_PARAMS_TAGS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
-_MAX_ENTITIES = 1000  # MAX_METRICS_PER_BATCH and MAX_ENTITIES_PER_BATCH
-_MAX_PARAM_LENGTH = 6000  # MAX_PARAM_VAL_LENGTH
-_MAX_TAG_LENGTH = 8000  # MAX_TAG_VAL_LENGTH
+# MLflow's limits (mlflow.utils.validation), copied so that importing this module stays cheap.
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_ENTITIES_PER_BATCH = 1000
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
 _CONNECTION_REASONS = (
     (("connection refused",), "connection refused"),
     (("timed out", "timeout"), "timed out"),
@@ -169,7 +173,7 @@ def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None 
     """
     session = Bundle.load(bundle)
     with mlflow_errors(tracking_uri):
-        from mlflow import MlflowClient
+        from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
         experiment_id = ensure_experiment(client, session.experiment, tracking_uri)
@@ -192,11 +196,9 @@ def run_url_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def display_uri(tracking_uri: str) -> str:
     """Return the tracking URI without any ``user:password@`` part."""
     parts = urlsplit(tracking_uri)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return tracking_uri
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 @contextmanager
@@ -316,20 +318,29 @@ def _log_data(
     """Log params, tags and metrics in batches within MLflow's per-request limits."""
     from mlflow.entities import Metric, Param, RunTag
 
-    params = [Param(k, v[:_MAX_PARAM_LENGTH]) for k, v in _clean(data.params, redactor).items()]
-    tags = [RunTag(k, v[:_MAX_TAG_LENGTH]) for k, v in _clean(data.tags, redactor).items()]
+    params = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in _clean(data.params, redactor).items()]
+    tags = [RunTag(k, v[:MAX_TAG_LENGTH]) for k, v in _clean(data.tags, redactor).items()]
     metrics = [Metric(k, v, timestamp_ms, 0) for k, v in data.metrics.items()]
-    for start in range(0, len(params), _MAX_PARAMS_TAGS):
-        client.log_batch(run_id, params=params[start : start + _MAX_PARAMS_TAGS])
-    for start in range(0, len(tags), _MAX_PARAMS_TAGS):
-        client.log_batch(run_id, tags=tags[start : start + _MAX_PARAMS_TAGS])
-    for start in range(0, len(metrics), _MAX_ENTITIES):
-        client.log_batch(run_id, metrics=metrics[start : start + _MAX_ENTITIES])
+    for params_batch, tags_batch, metrics_batch in batches(params, tags, metrics):
+        client.log_batch(run_id, metrics=metrics_batch, params=params_batch, tags=tags_batch)
+
+
+def batches(
+    params: Sequence[P], tags: Sequence[T], metrics: Sequence[M]
+) -> Iterator[tuple[list[P], list[T], list[M]]]:
+    """Split params, tags and metrics into as few ``log_batch`` requests as MLflow allows."""
+    p, t, m = list(params), list(tags), list(metrics)
+    while p or t or m:
+        params_batch, p = p[:MAX_PARAMS_TAGS_PER_BATCH], p[MAX_PARAMS_TAGS_PER_BATCH:]
+        tags_batch, t = t[:MAX_PARAMS_TAGS_PER_BATCH], t[MAX_PARAMS_TAGS_PER_BATCH:]
+        used = len(params_batch) + len(tags_batch)
+        room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - used)
+        metrics_batch, m = m[:room], m[room:]
+        yield params_batch, tags_batch, metrics_batch
 
 
 def _clean(values: Mapping[str, str], redactor: Redactor | None) -> dict[str, str]:
-    cleaned = secrets.scrub(values)
-    return redactor.mapping(cleaned) if redactor is not None else cleaned
+    return redactor.mapping(secrets.scrub(values)) if redactor else secrets.scrub(values)
 
 
 def _log_artifact_dir(
@@ -361,12 +372,10 @@ def _stage(source: Path, target: Path, redactor: Redactor | None) -> None:
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
-    if not tracking_uri.startswith("sqlite:///"):
+    database = tracking_uri[len("sqlite:///") :]
+    if not tracking_uri.startswith("sqlite:///") or database in ("", ":memory:"):
         return None
-    database = Path(tracking_uri[len("sqlite:///") :])
-    if str(database) in ("", ":memory:"):
-        return None
-    return (database.resolve().parent / "mlartifacts").as_uri()
+    return (Path(database).resolve().parent / "mlartifacts").as_uri()
 
 
 def _millis(epoch_seconds: float) -> int:
