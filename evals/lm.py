@@ -109,7 +109,7 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True) -> Any:
+def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, cache_dir: Path | None = None) -> Any:
     """Build a ``dspy.LM`` for the spec (the model is loaded in this process where in process)."""
     import dspy
 
@@ -122,7 +122,7 @@ def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True) 
     if spec.backend == "mlx":
         from evals.mlx_engine import MLXEngine
 
-        engine = MLXEngine.from_target(spec.model)
+        engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
         return dspy.LM(f"mlx/{engine.name}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
     extra = {"api_base": spec.api_base} if spec.api_base else {}
     return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=2, **extra, **kwargs)

@@ -102,11 +102,34 @@ def _session_params(session: EvalsSession) -> dict[str, str]:
 
 
 def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics]) -> dict[str, dict[str, str]]:
-    registry = session.registry()
+    from programs.optimizers import split_name
+
+    registry, setup = session.registry(), session.optimizer_setup()
+    params = {}
+    for name in metrics:
+        base, optimizer = split_name(name)
+        params[name] = {"program.name": name, "program.base": base, "program.source_hash": registry[base].source_hash(),
+                        "program.description": registry[base].description}
+        if optimizer is not None:
+            params[name].update(setup.optimizers[optimizer].loggable())
+            params[name].update(compile_params(name, session.all_compile_events()))
+    return params
+
+
+def compile_params(program: str, events: list[dict[str, Any]]) -> dict[str, str]:
+    """Summarise the compile events of one program: who compiled it, how long, how many LM calls."""
+    mine = [e for e in events if e["program"] == program]
+    compiled = [e for e in mine if e["action"] == "compiled"]
+    source = compiled[0] if compiled else (mine[0] if mine else None)
+    if source is None:
+        return {}
     return {
-        name: {"program.name": name, "program.source_hash": registry[name].source_hash(),
-               "program.description": registry[name].description}
-        for name in metrics
+        "compile.key": source["key"],
+        "compile.action": "compiled" if compiled else "loaded from cache",
+        "compile.count": str(len(compiled)),
+        "compile.duration_s": f"{source['duration_s']:.1f}",
+        "compile.lm_calls": str(source["lm_calls"]),
+        "compile.path": source["path"],
     }
 
 
@@ -200,6 +223,9 @@ def _write_program_dir(directory: Path, name: str, m: ProgramMetrics, summary: S
     from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
 
     directory.mkdir(parents=True, exist_ok=True)
+    compiled = summary.program_params.get(name, {}).get("compile.path")
+    if compiled and Path(compiled).is_file():
+        (directory / "compiled_program.json").write_bytes(Path(compiled).read_bytes())
     records = [r for r in summary.records if r.program == name]
     per_diagnosis_frame(m).to_csv(directory / "per_diagnosis.csv", index=False)
     predictions_frame(records, redact).to_csv(directory / "predictions.csv", index=False)
@@ -233,7 +259,8 @@ def _session_json(session: EvalsSession, summary: SessionSummary) -> dict[str, A
             "evals.programs": ",".join(summary.metrics),
             "git.branch": summary.params.get("git.branch", ""),
         },
-        "metrics": {f"{name}.{key}": value for name, m in summary.metrics.items()
+        # MLflow metric names allow no '+': "zero_shot+knn_few_shot" is logged as "zero_shot/knn_few_shot".
+        "metrics": {f"{name.replace('+', '/')}.{key}": value for name, m in summary.metrics.items()
                     for key, value in flat_metrics(m).items() if "." not in key},
         "programs": {
             name: {
@@ -259,6 +286,12 @@ def render_summary(session: EvalsSession, summary: SessionSummary, terminalrepor
         html_path=str(html) if html else None,
     )
     terminalreporter.section("symptom-diagnosis evals")
+    for name, params in summary.program_params.items():
+        if "compile.action" in params:
+            terminalreporter.write_line(
+                f"{name}: {params['compile.action']} ({params['compile.duration_s']} s, "
+                f"{params['compile.lm_calls']} LM calls; key {params['compile.key']})"
+            )
     console = Console(file=terminalreporter._tw._file, width=max(terminalreporter._tw.fullwidth, 100),
                       force_terminal=terminalreporter._tw.hasmarkup)
     render_terminal(context, console)

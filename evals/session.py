@@ -64,6 +64,7 @@ class EvalsSession:
         self.state = ControllerState()
         self.summary: Any = None
         self._cache: dict[str, Any] = {}
+        self.compile_events: list[Any] = []
 
     # ----- resources (any process) -----
 
@@ -78,16 +79,29 @@ class EvalsSession:
             self._cache["registry"] = dict(module.PROGRAMS)
         return self._cache["registry"]
 
+    def optimizer_setup(self) -> Any:
+        """The parsed optimizers file (configurations and evaluated pairs)."""
+        if "optimizers" not in self._cache:
+            from programs.optimizers import load_setup
+
+            self._cache["optimizers"] = load_setup(self.settings.path("optimizers"), self.registry())
+        return self._cache["optimizers"]
+
     def program_names(self) -> list[str]:
-        """The programs selected by ``--evals-programs`` (all registered by default)."""
-        known = self.registry()
-        chosen = self.settings["programs"] or tuple(known)
-        unknown = [name for name in chosen if name not in known]
-        if unknown:
-            raise ConfigError(
-                f"--evals-programs: unknown program {unknown[0]!r}; known programs: {', '.join(sorted(known))}"
-            )
-        return list(chosen)
+        """The programs selected by ``--evals-programs`` (default: all registered plus configured pairs)."""
+        from programs.optimizers import check_pair
+
+        setup = self.optimizer_setup()
+        chosen = self.settings["programs"] or (*self.registry(), *setup.evaluate)
+        for name in chosen:
+            check_pair(name, self.registry(), setup.optimizers, "--evals-programs")
+        return list(dict.fromkeys(chosen))
+
+    def known_program_names(self) -> list[str]:
+        """Every name thresholds.yaml may configure: each program alone and with each optimizer."""
+        bases = list(self.registry())
+        optimizers = list(self.optimizer_setup().optimizers)
+        return [*bases, *(f"{base}+{opt}" for base in bases for opt in optimizers)]
 
     def dataset(self) -> SymptomDataset:
         if "dataset" not in self._cache:
@@ -110,7 +124,7 @@ class EvalsSession:
         if "thresholds" not in self._cache:
             from evals.thresholds import load_thresholds
 
-            self._cache["thresholds"] = load_thresholds(self.settings.path("thresholds"), self.registry())
+            self._cache["thresholds"] = load_thresholds(self.settings.path("thresholds"), self.known_program_names())
         return self._cache["thresholds"]
 
     def lm_spec(self) -> Any:
@@ -130,21 +144,81 @@ class EvalsSession:
             workers = int(self.config.workerinput.get("workercount", 1)) if self.is_worker else 1
             # One response cache for all workers and sessions (diskcache is safe across processes).
             dspy.configure_cache(disk_cache_dir=str(self.settings.path("cache-dir") / "lm"))
-            lm = build_lm(self.lm_spec(), n_threads=worker_threads(workers), cache=not self.settings["no-cache"])
+            lm = build_lm(self.lm_spec(), n_threads=worker_threads(workers), cache=not self.settings["no-cache"],
+                          cache_dir=self.settings.path("cache-dir"))
             dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
             self._cache["lm"] = lm
         return self._cache["lm"]
 
     def program(self, name: str) -> Any:
+        """The named program, built once per process; ``base+optimizer`` comes from the compile cache."""
         key = f"program:{name}"
         if key not in self._cache:
-            import dspy
+            from programs.optimizers import split_name
 
-            spec = self.registry()[name]
-            trainset = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")
-                        for e in self.dataset().split("train")]
-            self._cache[key] = spec.build(trainset)
+            base, optimizer = split_name(name)
+            spec = self.registry()[base]
+            trainset = self.dspy_examples("train")
+            if optimizer is None:
+                self._cache[key] = spec.build(trainset)
+            else:
+                self._cache[key] = self._compiled(name, spec, self.optimizer_setup().optimizers[optimizer])
         return self._cache[key]
+
+    def dspy_examples(self, split: str, per_diagnosis: int | None = None) -> list[Any]:
+        import dspy
+
+        from evals.data import sample
+
+        examples = sample(self.dataset().split(split), per_diagnosis, seed=self.settings["seed"])
+        return [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms") for e in examples]
+
+    def _compiled(self, name: str, spec: Any, config: Any) -> Any:
+        from evals.compile_cache import get_or_compile
+        from programs.optimizers import compile_program, empty_shape
+
+        from evals.scoring import diagnosis_match
+
+        trainset = self.dspy_examples("train", config.trainset_per_diagnosis)
+        valset = self.dspy_examples("val", config.valset_per_diagnosis) if config.uses_valset else []
+        lm = self.lm()
+        full_train = self.dspy_examples("train")
+        module, event = get_or_compile(
+            cache_dir=self.settings.path("cache-dir"),
+            program=name,
+            parts=self.compile_parts(spec, config, trainset, valset),
+            empty=lambda: empty_shape(config, spec.build(full_train), trainset),
+            compile=lambda: compile_program(config, spec.build(full_train), trainset, valset, diagnosis_match),
+            count_lm_calls=lambda: len(lm.history),
+            session_id=self.session_id,
+            recompile=self.settings["recompile"],
+        )
+        self.compile_events.append(event)
+        return module
+
+    def compile_parts(self, spec: Any, config: Any, trainset: list[Any], valset: list[Any]) -> dict[str, str]:
+        """Everything that changes a compiled program, readable (hashed into the cache key)."""
+        from importlib.metadata import version
+
+        from evals.compile_cache import source_hash
+        from evals.data import Example, fingerprint
+        from evals.scoring import diagnosis_match
+
+        def fp(examples: list[Any]) -> str:
+            return fingerprint(Example(str(i), e.symptoms, e.diagnosis) for i, e in enumerate(examples))
+
+        return {
+            "program": spec.name,
+            "program_source": spec.source_hash(),
+            "optimizer": config.name,
+            "optimizer_config": config.fingerprint(),
+            "optimizer_source": source_hash("programs.optimizers", "programs.knn"),
+            "trainset": fp(trainset),
+            "valset": fp(valset),
+            "lm": self.lm_spec().cache_key(),
+            "dspy": version("dspy"),
+            "metric": source_hash(diagnosis_match),
+        }
 
     def evaluate(self, program: str, diagnosis: str) -> DiagnosisOutcome:
         """Run ``program`` on the sampled examples of ``diagnosis`` and check its recall floor."""
@@ -157,6 +231,13 @@ class EvalsSession:
         limits = self.thresholds().for_program(program)
         failure = diagnosis_failure(program, diagnosis, correct, len(records), limits)
         return DiagnosisOutcome(program, diagnosis, tuple(records), failure)
+
+    def all_compile_events(self) -> list[dict[str, Any]]:
+        """Compile events of this process and of every xdist worker (controller only)."""
+        events = [event.to_dict() for event in self.compile_events]
+        for output in self.state.worker_outputs:
+            events.extend(output.get("compile_events", []))
+        return events
 
     # ----- xdist plumbing -----
 
@@ -178,7 +259,7 @@ class EvalsSession:
         if self.is_worker:
             return
         # Fail fast, before any worker starts or any LM call: bad program names, a bad thresholds.yaml.
-        if self.settings["programs"]:
+        if self.settings["programs"] or self.settings.path("optimizers").exists():
             self.program_names()
         if self.settings.path("thresholds").exists() or self.config.getoption("evals_thresholds"):
             self.thresholds()
@@ -210,7 +291,9 @@ class EvalsSession:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
-            self.config.workeroutput["evals"] = {"pid": __import__("os").getpid()}  # type: ignore[attr-defined]
+            self.config.workeroutput["evals"] = {  # type: ignore[attr-defined]
+                "compile_events": [event.to_dict() for event in self.compile_events]
+            }
             return
         if self.state.records:
             from evals.outcome import summarize, write_and_log

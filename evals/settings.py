@@ -101,8 +101,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("split", "test", "Split to evaluate: train, val or test", _split),
     Option("per-diagnosis", "2", "Examples per diagnosis to evaluate, or 'all'", parse_per_diagnosis),
     Option("seed", "0", "Seed of the train/val split and of the sampler", int),
-    Option("programs", None, "Comma-separated programs to evaluate (default: all registered)", _names),
+    Option("programs", None, "Comma-separated programs (or program+optimizer pairs) to evaluate (default: all "
+           "registered programs and the pairs listed in the optimizers file)", _names),
     Option("registry", "programs", "Python module whose PROGRAMS dict names the programs"),
+    Option("optimizers", "programs/optimizers.yaml", "Optimizer configurations and evaluated (program, optimizer) pairs"),
+    Option("recompile", "false", "Compile every optimized program afresh, ignoring the compile cache", _bool, flag=True),
     Option("thresholds", "thresholds.yaml", "Path of the thresholds file, relative to the rootdir"),
     Option("tracking-uri", "sqlite:///mlflow.db", "MLflow tracking URI (also read from MLFLOW_TRACKING_URI)",
            fallback_env="MLFLOW_TRACKING_URI"),

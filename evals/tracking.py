@@ -6,10 +6,10 @@ The bundle is a directory written at the end of a pytest session::
     <bundle>/artifacts/**           logged to the parent run
     <bundle>/programs/<program>/**  logged to that program's nested run
 
-Uploads are exactly-once per ``session_id``: the parent run carries the tag
-``evals.session_id`` and is terminated *last*, so a terminated parent means a complete
-upload. A parent left ``RUNNING`` by an interrupted upload is deleted and uploaded afresh.
-Everything is logged with ``log_batch`` / ``log_artifacts``; nothing per example.
+Exactly once per ``session_id``: the parent run carries the tag ``evals.session_id`` and is
+terminated *last*, so a terminated parent is a complete upload; a parent left ``RUNNING`` by an
+interrupted upload is deleted and uploaded afresh. Everything goes through ``log_batch`` and
+``log_artifacts``; nothing is logged per example.
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ PROGRAM_TAG = "evals.program"
 PARENT_TAG = "mlflow.parentRunId"
 BUNDLE_FORMAT = 1
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-TEXT_SUFFIXES = frozenset(
-    {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".html", ".yaml", ".yml", ".log"}
-)
+TEXT_SUFFIXES = frozenset(".txt .json .jsonl .csv .tsv .md .html .yaml .yml .log".split())
 """Artifacts with these suffixes are redacted and scrubbed before upload; others are copied."""
 
 FAST_FAIL_ENV = {
@@ -50,8 +48,7 @@ FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
 }
-"""Applied around MLflow calls to http(s) servers (unless the user set them), so that a dead
-server fails in seconds instead of MLflow's default minutes of retries."""
+"""Set around calls to http(s) servers unless the user set them: a dead server fails in seconds."""
 
 P, T, M = TypeVar("P"), TypeVar("T"), TypeVar("M")
 
@@ -66,7 +63,7 @@ _CONNECTION_REASONS = (
     (("connection refused",), "connection refused"),
     (("timed out", "timeout"), "timed out"),
     (("name or service not known", "nodename nor servname", "failed to resolve"), "unknown host"),
-    (("connection reset", "connection aborted", "remote end closed"), "connection dropped"),
+    (("connection reset", "aborted", "remote end closed", "broken pipe"), "connection dropped"),
     (("too many 5",), "the server keeps answering HTTP 5xx"),
     (("max retries exceeded",), "no answer"),
     (("unable to open database file",), "cannot open the database file"),
@@ -231,18 +228,29 @@ def mlflow_errors(tracking_uri: str) -> Iterator[None]:
 
 def unavailable(tracking_uri: str, exc: BaseException) -> TrackingUnavailable:
     """Turn any exception raised while talking to MLflow into one readable line."""
-    text = str(exc)
-    lowered = text.lower()
+    chain = _causes(exc)
+    lowered = " ".join(str(link) for link in chain).lower()
     for needles, reason in _CONNECTION_REASONS:
         if any(needle in lowered for needle in needles):
             return TrackingUnavailable(display_uri(tracking_uri), reason)
-    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if any(isinstance(link, (ConnectionError, TimeoutError)) for link in chain):
+        return TrackingUnavailable(display_uri(tracking_uri), type(chain[-1]).__name__)
+    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     code = getattr(exc, "error_code", None)
     prefix = f"{code}: " if isinstance(code, str) else f"{type(exc).__name__}: "
-    reason = secrets.scrub_text(prefix + first_line)
-    if len(reason) > 200:
-        reason = reason[:197] + "..."
+    reason = secrets.scrub_text(prefix + first_line)[:200]
     return TrackingUnavailable(display_uri(tracking_uri), reason, unreachable=False)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """Return ``exc`` and what caused it (MLflow re-raises without ``from``: follow the context)."""
+    chain = [exc]
+    while len(chain) < 8:
+        cause = chain[-1].__cause__ or chain[-1].__context__
+        if cause is None or cause in chain:
+            break
+        chain.append(cause)
+    return chain
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -283,23 +291,13 @@ def _upload(
     client: MlflowClient, experiment_id: str, session: Bundle, redactor: Redactor | None
 ) -> str:
     start_ms, end_ms = _millis(session.started_at), _millis(session.finished_at)
-    parent = client.create_run(
-        experiment_id,
-        start_time=start_ms,
-        tags={SESSION_TAG: session.session_id},
-        run_name=session.run_name,
-    )
-    parent_id = parent.info.run_id
+    tags = {SESSION_TAG: session.session_id}
+    parent_id = client.create_run(experiment_id, start_ms, tags, session.run_name).info.run_id
     _log_data(client, parent_id, session.session, end_ms, redactor)
     _log_artifact_dir(client, parent_id, session.path / "artifacts", redactor)
     for program, program_data in session.programs.items():
-        child = client.create_run(
-            experiment_id,
-            start_time=start_ms,
-            tags={PARENT_TAG: parent_id, PROGRAM_TAG: program},
-            run_name=program,
-        )
-        child_id = child.info.run_id
+        tags = {PARENT_TAG: parent_id, PROGRAM_TAG: program}
+        child_id = client.create_run(experiment_id, start_ms, tags, program).info.run_id
         _log_data(client, child_id, program_data, end_ms, redactor)
         _log_artifact_dir(client, child_id, session.path / "programs" / program, redactor)
         client.set_terminated(child_id, status=session.status, end_time=end_ms)
@@ -309,11 +307,7 @@ def _upload(
 
 
 def _log_data(
-    client: MlflowClient,
-    run_id: str,
-    data: RunData,
-    timestamp_ms: int,
-    redactor: Redactor | None,
+    client: MlflowClient, run_id: str, data: RunData, timestamp_ms: int, redactor: Redactor | None
 ) -> None:
     """Log params, tags and metrics in batches within MLflow's per-request limits."""
     from mlflow.entities import Metric, Param, RunTag
@@ -359,12 +353,11 @@ def _log_artifact_dir(
 
 def _stage(source: Path, target: Path, redactor: Redactor | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if source.suffix.lower() not in TEXT_SUFFIXES:
-        shutil.copyfile(source, target)
-        return
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_text("utf-8") if source.suffix.lower() in TEXT_SUFFIXES else None
     except UnicodeDecodeError:
+        text = None
+    if text is None:
         shutil.copyfile(source, target)
         return
     text = secrets.scrub_text(text)

@@ -18,19 +18,29 @@ def tfidf_embedder(texts: Sequence[str]) -> dspy.Embedder:
 
 
 class KNNFewShotProgram(dspy.Module):
-    """Predict with the ``k`` most similar training examples attached as demos.
+    """Run ``student`` with the ``k`` most similar training examples passed as its demos.
 
     Unlike ``dspy.KNNFewShot`` it makes no extra LM calls to bootstrap demos (the
     neighbours' labels are used as they are) and it saves and loads as plain JSON state.
+    ``student`` must accept ``demos=`` (``dspy.Predict`` and ``dspy.ChainOfThought`` do).
     """
 
-    def __init__(self, signature: type[dspy.Signature], trainset: Sequence[dspy.Example], k: int = 3) -> None:
+    def __init__(self, student: dspy.Module, trainset: Sequence[dspy.Example], k: int = 3) -> None:
         super().__init__()
         self.k = k
-        self.predict = dspy.Predict(signature)
+        self.student = student
         input_texts = [f"symptoms: {example.symptoms}" for example in trainset]
         self.knn = dspy.KNN(k, list(trainset), vectorizer=tfidf_embedder(input_texts))
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        demos = self.knn(**inputs)
-        return self.predict(**inputs, demos=demos)
+        return self.student(**inputs, demos=self.knn(**inputs))
+
+
+class KNNFewShot:
+    """The optimizer form: ``compile(student, trainset=...)`` wraps the student in KNNFewShotProgram."""
+
+    def __init__(self, k: int = 3) -> None:
+        self.k = k
+
+    def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example]) -> dspy.Module:
+        return KNNFewShotProgram(student.reset_copy(), trainset, k=self.k)

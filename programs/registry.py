@@ -45,7 +45,7 @@ def _chain_of_thought(trainset: Sequence[dspy.Example]) -> dspy.Module:
 
 
 def _knn_few_shot(trainset: Sequence[dspy.Example]) -> dspy.Module:
-    return knn.KNNFewShotProgram(Diagnose, trainset, k=3)
+    return knn.KNNFewShotProgram(dspy.Predict(Diagnose), trainset, k=3)
 
 
 PROGRAMS: dict[str, ProgramSpec] = {

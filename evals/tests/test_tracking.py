@@ -175,7 +175,9 @@ def artifact_paths(uri: str, run_id: str, path: str | None = None) -> set[str]:
 # --- upload to a sqlite store ------------------------------------------------------------------
 
 
-def test_upload_logs_parent_nested_runs_params_metrics_tags_and_artifacts(tmp_path: Path, uri: str) -> None:
+def test_upload_logs_parent_nested_runs_params_metrics_tags_and_artifacts(
+    tmp_path: Path, uri: str
+) -> None:
     metrics = {f"recall.m{i:04d}": i / 1500 for i in range(1500)}
     bundle, session_id = make_bundle(tmp_path, program_metrics={"zero_shot": metrics})
 
@@ -471,7 +473,9 @@ def test_server_killed_while_uploading_then_spooled_and_synced(
         upload_bundle(bundle, server.uri)
     failed_at = time.monotonic()
     killer.join(5)
-    assert killed_at and failed_at - killed_at[0] < 15
+    assert killed_at, f"failed before the server was killed: {caught.value}"
+    assert failed_at - killed_at[0] < 15
+    assert caught.value.unreachable, str(caught.value)
     assert str(caught.value).startswith(f"MLflow at {server.uri} unreachable: ")
     spool = tmp_path / "spool"
     spool_bundle(bundle, spool, tracking_uri=server.uri, reason=str(caught.value))
@@ -540,7 +544,9 @@ def test_compare_reports_headline_metrics_and_only_changed_recalls() -> None:
     assert Delta("new", "accuracy", None, 0.3).change is None
 
 
-def test_recent_sessions_reads_back_complete_sessions_newest_first(tmp_path: Path, uri: str) -> None:
+def test_recent_sessions_reads_back_complete_sessions_newest_first(
+    tmp_path: Path, uri: str
+) -> None:
     old, _ = make_bundle(tmp_path, started_at=FINISHED_AT - 200)
     new, _ = make_bundle(tmp_path, program_metrics={"knn_few_shot": {"accuracy": 0.75}})
     old_id, new_id = upload_bundle(old, uri), upload_bundle(new, uri)
@@ -566,7 +572,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_cli_sync_prints_one_line_per_bundle_and_exits_1_if_any_stayed(tmp_path: Path, uri: str) -> None:
+def test_cli_sync_prints_one_line_per_bundle_and_exits_1_if_any_stayed(
+    tmp_path: Path, uri: str
+) -> None:
     good, good_id = make_bundle(tmp_path / "out")
     bad, bad_id = make_bundle(tmp_path / "out")
     spool_bundle(good, tmp_path / "spool", tracking_uri=uri)
@@ -608,7 +616,8 @@ def test_cli_report_lists_sessions_and_compares_the_last_two(tmp_path: Path, uri
     ("args", "code", "message"),
     [
         (("report", "--tracking-uri", "sqlite:///nowhere.db"), 2, "error: no MLflow database"),
-        (("report", "--tracking-uri", "http://127.0.0.1:1"), 1, "error: MLflow at http://127.0.0.1:1 unreachable"),
+        (("report", "--tracking-uri", "http://127.0.0.1:1"), 1, "error: MLflow at http://127.0.0.1:1 "
+         "unreachable: connection refused"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_one_line_with_exit_codes(
