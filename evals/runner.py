@@ -26,6 +26,10 @@ class RetryPolicy:
     attempts: int = 2
     backoff_s: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be at least 1, found {self.attempts}")
+
     def delays(self) -> Iterator[float]:
         for attempt in range(self.attempts):
             yield 0.0 if attempt == 0 else self.backoff_s * 2 ** (attempt - 1)

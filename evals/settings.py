@@ -7,7 +7,7 @@ underscores). :func:`resolve` reads them once into a frozen :class:`Settings`.
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +56,7 @@ def _bool(text: str) -> bool:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"expected a positive number, found {text!r}")
     return value
 
@@ -136,7 +136,7 @@ class Settings:
 
     @property
     def trigger(self) -> str:
-        return self.values["trigger"] or ("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "local")
+        return str(self.values["trigger"])
 
 
 def resolve(
@@ -147,6 +147,7 @@ def resolve(
     for option in OPTIONS:
         text, source = _raw(option, cli, ini, environ)
         values[option.name] = _parse(option, text, source)
+    values["trigger"] = values["trigger"] or ("ci" if environ.get("CI", "").lower() in ("1", "true") else "local")
     return Settings(values=values, rootdir=rootdir)
 
 
