@@ -21,6 +21,7 @@ from evals.metrics import ProgramMetrics, aggregate, flat_metrics
 from evals.records import ExampleRecord
 
 if TYPE_CHECKING:
+    from evals.report import Section
     from evals.session import EvalsSession
 
 SESSION_METRICS = ("accuracy", "macro_f1", "invalid_rate", "latency_p95_ms")
@@ -41,6 +42,7 @@ class SessionSummary:
     run_id: str | None = None
     mlflow_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    registered: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -70,11 +72,13 @@ def _incomplete_reasons(session: EvalsSession, records: list[ExampleRecord]) -> 
     reasons = [f"worker {worker} crashed" for worker in session.state.crashed_workers]
     if session.state.interrupted:
         reasons.append("session interrupted")
+    partial = {}
     for program in sorted({r.program for r in records}):
-        seen = {r.gold for r in records if r.program == program}
-        missing = [d for d in DIAGNOSES if d not in seen]
+        missing = set(DIAGNOSES) - {r.gold for r in records if r.program == program}
         if missing:
-            reasons.append(f"{program}: {len(missing)} diagnoses not evaluated")
+            partial[program] = len(missing)
+    if partial:
+        reasons.append("diagnoses not evaluated: " + ", ".join(f"{p} {n}/22" for p, n in partial.items()))
     return reasons
 
 
@@ -133,6 +137,35 @@ def compile_params(program: str, events: list[dict[str, Any]]) -> dict[str, str]
     }
 
 
+def optimizer_gains(summary: SessionSummary) -> Section | None:
+    """Baseline vs compiled accuracy for every evaluated (program, optimizer) pair."""
+    from evals.report import Section
+    from programs.optimizers import split_name
+
+    rows = []
+    for name, m in summary.metrics.items():
+        base, optimizer = split_name(name)
+        if optimizer is None:
+            continue
+        baseline = summary.metrics.get(base)
+        params = summary.program_params.get(name, {})
+        if params.get("compile.action") == "compiled":
+            compile_note = f"compiled: {params['compile.duration_s']} s, {params['compile.lm_calls']} LM calls"
+        else:
+            compile_note = "from cache"
+        rows.append((base, optimizer, f"{baseline.accuracy:.3f}" if baseline else "not run", f"{m.accuracy:.3f}",
+                     f"{m.accuracy - baseline.accuracy:+.3f}" if baseline else "", compile_note))
+    if not rows:
+        return None
+    return Section("What the optimizers bought", ("program", "optimizer", "baseline accuracy", "compiled accuracy",
+                                                   "delta", "compile"), tuple(rows),
+                   "Accuracy of each compiled program next to its uncompiled baseline, on the same examples.")
+
+
+def sections(summary: SessionSummary) -> list[Section]:
+    return [section for section in (optimizer_gains(summary),) if section is not None]
+
+
 def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
     """Write the session bundle (the local report), then log it to MLflow or spool it."""
     from evals.redact import Redactor
@@ -162,12 +195,15 @@ def _redact_patterns(session: EvalsSession) -> dict[str, str]:
 
 def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor: Any) -> None:
     from evals.spool import spool_bundle
-    from evals.tracking import TrackingUnavailable, run_url_hint, upload_bundle
+    from evals.model_registry import register_candidates
+    from evals.tracking import TrackingUnavailable, mlflow_errors, run_url_hint, upload_bundle
 
     uri = session.settings["tracking-uri"]
     try:
         summary.run_id = upload_bundle(bundle, uri, redactor=redactor)
-        summary.mlflow_hint = run_url_hint(uri, _experiment_id(uri, summary.run_id), summary.run_id)
+        with mlflow_errors(uri):
+            summary.mlflow_hint = run_url_hint(uri, _experiment_id(uri, summary.run_id), summary.run_id)
+            summary.registered = register_candidates(uri, summary.run_id)
     except TrackingUnavailable as exc:
         spooled = spool_bundle(bundle, session.settings.path("spool-dir"), tracking_uri=uri, reason=str(exc),
                                redactor=redactor)
@@ -196,7 +232,7 @@ def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, r
     context = ReportContext(
         title=f"Symptom-diagnosis eval session {session.session_id[:8]}",
         params=summary.params, metrics=summary.metrics, checks=summary.checks, records=summary.records,
-        confusion_pngs=pngs, html_path=str(artifacts / "report.html"), redact=redact,
+        confusion_pngs=pngs, html_path=str(artifacts / "report.html"), redact=redact, sections=sections(summary),
     )
     (artifacts / "report.md").write_text(render_markdown(context))
     (artifacts / "report.html").write_text(render_html(context))
@@ -295,9 +331,22 @@ def render_summary(session: EvalsSession, summary: SessionSummary, terminalrepor
     console = Console(file=terminalreporter._tw._file, width=max(terminalreporter._tw.fullwidth, 100),
                       force_terminal=terminalreporter._tw.hasmarkup)
     render_terminal(context, console)
+    for section in sections(summary):
+        _render_section(section, console)
     for reason in summary.incomplete:
         terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
+    for name, version in summary.registered.items():
+        terminalreporter.write_line(f"registered {name} version {version} as 'candidate'")
     for note in summary.notes:
         terminalreporter.write_line(f"WARNING: {note}", yellow=True)
     for line in summary.error_lines:
         terminalreporter.write_line(f"ERROR: {line}", red=True, bold=True)
+
+
+def _render_section(section: Section, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(*section.headers, title=section.title, title_justify="left")
+    for row in section.rows:
+        table.add_row(*row)
+    console.print(table)

@@ -39,6 +39,16 @@ def identity(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class Section:
+    """An extra table of the report (optimizer gains, regression, drift, robustness)."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ReportContext:
     """Everything a report shows, gathered once on the controller.
 
@@ -63,6 +73,7 @@ class ReportContext:
     mlflow_hint: str | None = None
     html_path: str | None = None
     redact: Callable[[str], str] = field(default=identity, repr=False)
+    sections: Sequence[Section] = ()
 
 
 def predictions_frame(
@@ -250,6 +261,9 @@ def _document(ctx: ReportContext) -> list[_Block]:
     if ctx.mlflow_hint:
         blocks.append(_Text(f"MLflow: {ctx.mlflow_hint}"))
     blocks += [_Text("Summary", 2), _summary_table(ctx.metrics, tones)]
+    for section in ctx.sections:
+        blocks += [_Text(section.title, 2)] + ([_Text(section.note)] if section.note else [])
+        blocks.append(_Table(section.headers, tuple(tuple(_Cell(c) for c in row) for row in section.rows)))
     blocks += [_Text("Checks", 2), *_checks_blocks(ctx.checks)]
     for program, m in ctx.metrics.items():
         blocks += [_Text(f"Program: {program}", 2), _Text("Worst diagnoses", 3)]
