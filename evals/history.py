@@ -17,8 +17,8 @@ from evals.errors import ConfigError
 from evals.tracking import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, mlflow_errors
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
     from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
     from rich.table import Table
 
 HEADLINE_METRICS = ("accuracy", "macro_f1", "invalid_rate")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evals.champion_gate import check_regressions, comparison_markdown, regression_section
 from evals.errors import EvalsWarning
 from evals.gate import Check, check_program, describe, verdict
 from evals.labels import DIAGNOSES
@@ -43,6 +44,8 @@ class SessionSummary:
     mlflow_hint: str | None = None
     notes: list[str] = field(default_factory=list)
     registered: dict[str, str] = field(default_factory=dict)
+    regression: Any = None
+    promotions: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -57,14 +60,17 @@ def summarize(session: EvalsSession) -> SessionSummary:
     checks = {name: check_program(m, thresholds.for_program(name)) for name, m in metrics.items()}
     # Per-diagnosis floors already failed their own tests; the session gate adds the aggregates.
     error_lines = [describe(c) for cs in checks.values() for c in cs if c.failed and c.metric in SESSION_METRICS]
+    regression = check_regressions(session, records)
     return SessionSummary(
         records=records,
         metrics=metrics,
         checks=checks,
-        error_lines=error_lines,
+        error_lines=error_lines + regression.error_lines,
         incomplete=_incomplete_reasons(session, records),
         params=_session_params(session),
         program_params=_program_params(session, metrics),
+        notes=list(regression.notes),
+        regression=regression,
     )
 
 
@@ -163,7 +169,8 @@ def optimizer_gains(summary: SessionSummary) -> Section | None:
 
 
 def sections(summary: SessionSummary) -> list[Section]:
-    return [section for section in (optimizer_gains(summary),) if section is not None]
+    candidates = (optimizer_gains(summary), regression_section(summary.regression) if summary.regression else None)
+    return [section for section in candidates if section is not None]
 
 
 def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
@@ -204,12 +211,22 @@ def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor:
         with mlflow_errors(uri):
             summary.mlflow_hint = run_url_hint(uri, _experiment_id(uri, summary.run_id), summary.run_id)
             summary.registered = register_candidates(uri, summary.run_id)
+            if session.settings["promote"]:
+                summary.promotions.extend(_promote(session, summary, uri))
     except TrackingUnavailable as exc:
         spooled = spool_bundle(bundle, session.settings.path("spool-dir"), tracking_uri=uri, reason=str(exc),
                                redactor=redactor)
         message = f"{exc}; session kept in {spooled}; upload it later with: python -m evals sync"
         summary.notes.append(message)
         warnings.warn(EvalsWarning(message), stacklevel=1)
+
+
+def _promote(session: EvalsSession, summary: SessionSummary, uri: str) -> list[str]:
+    from evals.champion import promote_session
+    from evals.champion_gate import split_policy
+
+    required = split_policy(session.thresholds().regression)[1]
+    return promote_session(uri, summary.run_id or "", required, summary.params.get("git.commit", ""))
 
 
 def _experiment_id(uri: str, run_id: str) -> str:
@@ -229,6 +246,8 @@ def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, r
     _write_tables(artifacts, summary, redact)
     (artifacts / "manifest.json").write_text(json.dumps(session.dataset().manifest(), indent=2))
     (artifacts / "verdict.json").write_text(json.dumps(_verdict(summary), indent=2))
+    if summary.regression and summary.regression.comparisons:
+        _write_comparison(artifacts, summary.regression)
     context = ReportContext(
         title=f"Symptom-diagnosis eval session {session.session_id[:8]}",
         params=summary.params, metrics=summary.metrics, checks=summary.checks, records=summary.records,
@@ -237,7 +256,7 @@ def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, r
     (artifacts / "report.md").write_text(render_markdown(context))
     (artifacts / "report.html").write_text(render_html(context))
     for name, m in summary.metrics.items():
-        _write_program_dir(bundle / "programs" / name, name, m, summary, redact, pngs[name])
+        _write_program_dir(session, bundle / "programs" / name, name, m, summary, redact, pngs[name])
     (bundle / "session.json").write_text(json.dumps(_session_json(session, summary), indent=2))
 
 
@@ -254,19 +273,42 @@ def _write_tables(directory: Path, summary: SessionSummary, redact: Any) -> None
     pd.concat(per_diagnosis).to_csv(directory / "per_diagnosis.csv", index=False)
 
 
-def _write_program_dir(directory: Path, name: str, m: ProgramMetrics, summary: SessionSummary, redact: Any,
-                       png: Path) -> None:
+def _write_program_dir(session: EvalsSession, directory: Path, name: str, m: ProgramMetrics,
+                       summary: SessionSummary, redact: Any, png: Path) -> None:
+    from evals.model_registry import COMPILED_ARTIFACT
     from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
 
     directory.mkdir(parents=True, exist_ok=True)
-    compiled = summary.program_params.get(name, {}).get("compile.path")
-    if compiled and Path(compiled).is_file():
-        (directory / "compiled_program.json").write_bytes(Path(compiled).read_bytes())
+    (directory / COMPILED_ARTIFACT).write_text(json.dumps(program_state(session, name, summary), indent=1))
     records = [r for r in summary.records if r.program == name]
     per_diagnosis_frame(m).to_csv(directory / "per_diagnosis.csv", index=False)
     predictions_frame(records, redact).to_csv(directory / "predictions.csv", index=False)
     misclassified_frame(records, redact).to_csv(directory / "misclassified.csv", index=False)
     (directory / "confusion.png").write_bytes(png.read_bytes())
+
+
+def _write_comparison(artifacts: Path, regression: Any) -> None:
+    """The comparison table (CSV and Markdown); also the GitHub job summary when in Actions."""
+    import os
+
+    import pandas as pd
+
+    rows = [{"program": p, **row} for p, c in regression.comparisons.items() for row in c.as_rows()]
+    pd.DataFrame(rows).to_csv(artifacts / "comparison.csv", index=False)
+    markdown = comparison_markdown(regression)
+    (artifacts / "comparison.md").write_text(markdown)
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a", encoding="utf-8") as handle:
+            handle.write(markdown + "\n")
+
+
+def program_state(session: EvalsSession, name: str, summary: SessionSummary) -> dict[str, Any]:
+    """The dspy JSON state of an evaluated program: the compile-cache entry, or a fresh build."""
+    compiled = summary.program_params.get(name, {}).get("compile.path")
+    if compiled and Path(compiled).is_file():
+        return dict(json.loads(Path(compiled).read_text()))
+    return {"program": name, "state": session.program(name).dump_state()}
 
 
 def _verdict(summary: SessionSummary) -> dict[str, Any]:
@@ -302,7 +344,7 @@ def _session_json(session: EvalsSession, summary: SessionSummary) -> dict[str, A
             name: {
                 "params": summary.program_params[name],
                 "tags": {"evals.verdict": "fail" if any(c.failed for c in summary.checks[name]) else "pass"},
-                "metrics": flat_metrics(m),
+                "metrics": {**flat_metrics(m), **(summary.regression.program_metrics(name) if summary.regression else {})},
             }
             for name, m in summary.metrics.items()
         },
@@ -337,6 +379,8 @@ def render_summary(session: EvalsSession, summary: SessionSummary, terminalrepor
         terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
     for name, version in summary.registered.items():
         terminalreporter.write_line(f"registered {name} version {version} as 'candidate'")
+    for line in summary.promotions:
+        terminalreporter.write_line(line, yellow="refused" in line, green="refused" not in line)
     for note in summary.notes:
         terminalreporter.write_line(f"WARNING: {note}", yellow=True)
     for line in summary.error_lines:

@@ -63,9 +63,7 @@ class Redactor:
         return cls(DEFAULT_PATTERNS)
 
     @classmethod
-    def from_config(
-        cls, patterns: Mapping[str, str] | None, use_defaults: bool = True
-    ) -> Redactor:
+    def from_config(cls, patterns: Mapping[str, str] | None, use_defaults: bool = True) -> Redactor:
         """Build a redactor from configuration.
 
         Args:
@@ -82,8 +80,8 @@ class Redactor:
     def text(self, s: str) -> str:
         """Return ``s`` with every match replaced by ``[REDACTED:<name>]``."""
         for name, pattern in self._compiled:
-            # A function, not a template, so a name with a backslash is taken literally.
-            s = pattern.sub(lambda _match, n=name: f"[REDACTED:{n}]", s)
+            # Backslashes escaped: the replacement is a template, the name must stay literal.
+            s = pattern.sub(f"[REDACTED:{name}]".replace("\\", "\\\\"), s)
         return s
 
     def mapping(self, values: Mapping[str, str]) -> dict[str, str]:
@@ -95,6 +93,4 @@ def _compile(name: str, regex: str) -> re.Pattern[str]:
     try:
         return re.compile(regex)
     except re.error as exc:
-        raise ConfigError(
-            f"redaction pattern {name!r}: invalid regex {regex!r}: {exc}"
-        ) from None
+        raise ConfigError(f"redaction pattern {name!r}: invalid regex {regex!r}: {exc}") from None

@@ -82,8 +82,8 @@ def predictions_frame(
     """One row per record, sorted by program then id, with the symptoms redacted."""
     import pandas as pd
 
-    rows = [{**r.to_dict(), "id": r.example_id, "symptoms": redact(r.symptoms),
-             "correct": r.correct} for r in _sorted(records)]
+    rows = [{**r.to_dict(), "id": r.example_id, "symptoms": redact(r.symptoms), "correct": r.correct,
+             "latency_ms": round(r.latency_ms, 1)} for r in _sorted(records)]
     return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
 
 

@@ -94,9 +94,7 @@ def scrub_text(text: str, environ: Mapping[str, str] = os.environ) -> str:
     return KEY_SHAPES.sub(MASK, text)
 
 
-def scrub(
-    mapping: Mapping[str, str], environ: Mapping[str, str] = os.environ
-) -> dict[str, str]:
+def scrub(mapping: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Return a copy of ``mapping`` in which every value that holds a secret is ``***``.
 
     A value is masked as a whole when its key looks secret, when it contains the value of a

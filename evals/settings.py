@@ -116,6 +116,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("spool-dir", ".evals/spool", "Directory where sessions wait when MLflow is unreachable"),
     Option("cache-dir", ".evals/cache", "Directory of the LM response cache and compiled programs"),
     Option("no-cache", "false", "Bypass the LM response cache (fresh answers)", _bool, flag=True),
+    Option("baseline-run", None, "Compare with this MLflow run (a session or program run id) instead of the champion"),
+    Option("no-regression", "false", "Skip the paired regression gate against the champion", _bool, flag=True),
+    Option("promote", "false", "Promote this session's programs to champion if every gate passed", _bool, flag=True),
+    Option("drift", "false", "Nightly drift mode: compare with the recent history of the champion", _bool, flag=True),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -30,8 +30,8 @@ from evals import secrets
 from evals.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
     from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
     from evals.redact import Redactor
 
@@ -40,8 +40,12 @@ PROGRAM_TAG = "evals.program"
 PARENT_TAG = "mlflow.parentRunId"
 BUNDLE_FORMAT = 1
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-TEXT_SUFFIXES = frozenset(".txt .json .jsonl .csv .tsv .md .html .yaml .yml .log".split())
-"""Artifacts with these suffixes are redacted and scrubbed before upload; others are copied."""
+TEXT_SUFFIXES = frozenset(
+    {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".html", ".yaml", ".yml", ".log"}
+)
+"""Artifacts with these suffixes are scrubbed of secrets before upload; others are copied."""
+PROSE_SUFFIXES = frozenset(".txt .md .html .log .jsonl".split())
+"""Free-text artifacts, which also pass through the redactor (tables are redacted when written)."""
 
 FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -50,7 +54,9 @@ FAST_FAIL_ENV = {
 }
 """Set around calls to http(s) servers unless the user set them: a dead server fails in seconds."""
 
-P, T, M = TypeVar("P"), TypeVar("T"), TypeVar("M")
+P = TypeVar("P")
+T = TypeVar("T")
+M = TypeVar("M")
 
 _SESSION_ID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
 # MLflow's limits (mlflow.utils.validation), copied so that importing this module stays cheap.
@@ -64,6 +70,7 @@ _CONNECTION_REASONS = (
     (("timed out", "timeout"), "timed out"),
     (("name or service not known", "nodename nor servname", "failed to resolve"), "unknown host"),
     (("connection reset", "aborted", "remote end closed", "broken pipe"), "connection dropped"),
+    (("connection broken", "incompleteread", "protocolerror"), "connection dropped"),
     (("too many 5",), "the server keeps answering HTTP 5xx"),
     (("max retries exceeded",), "no answer"),
     (("unable to open database file",), "cannot open the database file"),
@@ -216,14 +223,14 @@ def mlflow_errors(tracking_uri: str) -> Iterator[None]:
         yield
     except (ConfigError, TrackingUnavailable):
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure below MLflow is "tracking unavailable"
+    except Exception as exc:  # any failure below MLflow means "tracking unavailable"
         raise unavailable(tracking_uri, exc) from exc
     finally:
-        for name, value in saved.items():
-            if value is None:
+        for name, before in saved.items():
+            if before is None:
                 os.environ.pop(name, None)
             else:
-                os.environ[name] = value
+                os.environ[name] = before
 
 
 def unavailable(tracking_uri: str, exc: BaseException) -> TrackingUnavailable:
@@ -233,8 +240,9 @@ def unavailable(tracking_uri: str, exc: BaseException) -> TrackingUnavailable:
     for needles, reason in _CONNECTION_REASONS:
         if any(needle in lowered for needle in needles):
             return TrackingUnavailable(display_uri(tracking_uri), reason)
-    if any(isinstance(link, (ConnectionError, TimeoutError)) for link in chain):
-        return TrackingUnavailable(display_uri(tracking_uri), type(chain[-1]).__name__)
+    lost = [link for link in chain if isinstance(link, (ConnectionError, TimeoutError))]
+    if lost:
+        return TrackingUnavailable(display_uri(tracking_uri), type(lost[0]).__name__)
     first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     code = getattr(exc, "error_code", None)
     prefix = f"{code}: " if isinstance(code, str) else f"{type(exc).__name__}: "
@@ -361,7 +369,9 @@ def _stage(source: Path, target: Path, redactor: Redactor | None) -> None:
         shutil.copyfile(source, target)
         return
     text = secrets.scrub_text(text)
-    target.write_text(redactor.text(text) if redactor is not None else text, encoding="utf-8")
+    # Tables (.csv, .json) were redacted column by column when written: their numbers are not phone numbers.
+    prose = source.suffix.lower() in PROSE_SUFFIXES
+    target.write_text(redactor.text(text) if redactor is not None and prose else text, encoding="utf-8")
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
@@ -372,7 +382,7 @@ def _artifact_location(tracking_uri: str) -> str | None:
 
 
 def _millis(epoch_seconds: float) -> int:
-    return int(round(epoch_seconds * 1000))
+    return round(epoch_seconds * 1000)
 
 
 def _run_data(entry: Any) -> RunData:

@@ -101,7 +101,8 @@ def check_pair(name: str, programs: Collection[str], optimizers: Mapping[str, Op
     """Raise ConfigError unless ``name`` is ``<known program>+<known optimizer>``."""
     base, optimizer = split_name(name)
     if base not in programs:
-        raise ConfigError(f"{where}: unknown program {base!r} in {name!r}; known programs: {', '.join(sorted(programs))}")
+        within = f" in {name!r}" if optimizer is not None else ""
+        raise ConfigError(f"{where}: unknown program {base!r}{within}; known programs: {', '.join(sorted(programs))}")
     if optimizer is not None and optimizer not in optimizers:
         known = ", ".join(sorted(optimizers)) or "(none configured)"
         raise ConfigError(f"{where}: unknown optimizer {optimizer!r} in {name!r}; known optimizers: {known}")

@@ -6,6 +6,7 @@ The server runs in its own process group (``mlflow server`` starts uvicorn as a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -80,10 +81,8 @@ class MlflowServer:
         """SIGKILL the whole server process tree (a crash, not a shutdown) and reap it."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
         self.process = None
 

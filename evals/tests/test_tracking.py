@@ -26,7 +26,7 @@ from evals.errors import ConfigError
 from evals.history import Delta, ProgramResult, Session, compare, recent_sessions
 from evals.redact import Redactor
 from evals.spool import pending, spool_bundle, sync_spool
-from evals.tests.mlflow_server import QUIET_ENV, MlflowServer, free_port
+from evals.tests.mlflow_server import QUIET_ENV, MlflowServer
 from evals.tracking import (
     FAST_FAIL_ENV,
     MAX_ENTITIES_PER_BATCH,
@@ -38,12 +38,13 @@ from evals.tracking import (
     batches,
     mlflow_errors,
     run_url_hint,
+    unavailable,
     upload_bundle,
 )
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
     from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "evals-test"
@@ -341,14 +342,38 @@ def test_fast_fail_settings_are_scoped_and_respect_the_user(
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "42")
 
-    with pytest.raises(TrackingUnavailable, match="at http://h:1 unreachable: connection refused"):
-        with mlflow_errors("http://user:pw@h:1"):
-            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
-            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "42"
-            raise ConnectionRefusedError("[Errno 111] Connection refused")
+    with (
+        pytest.raises(TrackingUnavailable, match="at http://h:1 unreachable: connection refused"),
+        mlflow_errors("http://user:pw@h:1"),
+    ):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "42"
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
 
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "42"
+
+
+def test_server_errors_become_one_scrubbed_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+
+    class RestError(Exception):
+        error_code = "INVALID_PARAMETER_VALUE"
+
+    error = unavailable("http://user:pw@h:1", RestError(f"bad value lm={PLANTED}\ntrace..."))
+
+    assert str(error) == "MLflow at http://h:1 failed: INVALID_PARAMETER_VALUE: bad value lm=***"
+    assert not error.unreachable
+
+
+def test_wrapped_connection_errors_count_as_unreachable() -> None:
+    wrapped = RuntimeError("API request failed")
+    wrapped.__context__ = BrokenPipeError(32, "EPIPE")  # as MLflow re-raises, without "from"
+
+    error = unavailable("http://h:1", wrapped)
+
+    assert error.unreachable
+    assert str(error) == "MLflow at http://h:1 unreachable: BrokenPipeError"
 
 
 def test_batches_respect_mlflows_limits_and_keep_everything() -> None:
@@ -411,7 +436,7 @@ def test_sync_uploads_moves_and_keeps_failures_pending(tmp_path: Path, uri: str)
     second = sync_spool(spool)
 
     assert first[good_id].ok and first[good_id].bundle == spool / "synced" / good_id
-    assert not first[bad_id].ok and first[bad_id].error.startswith(f"MLflow at {dead}")
+    assert not first[bad_id].ok and str(first[bad_id].error).startswith(f"MLflow at {dead}")
     assert pending(spool) == [spool / bad_id]
     assert [(r.session_id, r.ok) for r in second] == [(bad_id, False)]
     assert [run.info.run_id for run in parents_of(uri, good_id)] == [first[good_id].run_id]
@@ -616,8 +641,11 @@ def test_cli_report_lists_sessions_and_compares_the_last_two(tmp_path: Path, uri
     ("args", "code", "message"),
     [
         (("report", "--tracking-uri", "sqlite:///nowhere.db"), 2, "error: no MLflow database"),
-        (("report", "--tracking-uri", "http://127.0.0.1:1"), 1, "error: MLflow at http://127.0.0.1:1 "
-         "unreachable: connection refused"),
+        (
+            ("report", "--tracking-uri", "http://127.0.0.1:1"),
+            1,
+            "error: MLflow at http://127.0.0.1:1 unreachable: connection refused",
+        ),
     ],
 )  # fmt: skip
 def test_cli_errors_are_one_line_with_exit_codes(
