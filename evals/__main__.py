@@ -104,11 +104,56 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_promote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="Parent run id of the session to promote")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $EVALS_TRACKING_URI)")
+    parser.add_argument("--thresholds", type=Path, default=Path("thresholds.yaml"),
+                        help="File whose regression.promote_requires must match (default: %(default)s)")
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    import yaml
+
+    from evals.champion import promote_session
+    from evals.champion_gate import split_policy
+    from evals.environment import git_facts
+    from evals.tracking import mlflow_errors
+
+    raw = yaml.safe_load(args.thresholds.read_text()) if args.thresholds.is_file() else {}
+    required = split_policy((raw or {}).get("regression"))[1]
+    uri = tracking_uri(args)
+    with mlflow_errors(uri):
+        lines = promote_session(uri, args.run_id, required, git_facts(Path.cwd())["git.commit"])
+    for line in lines:
+        print(line)
+    return 1 if any("refused" in line for line in lines) else 0
+
+
+def _configure_rollback(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("program", help="Program name, e.g. zero_shot+knn_few_shot")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $EVALS_TRACKING_URI)")
+
+
+def _run_rollback(args: argparse.Namespace) -> int:
+    from evals.champion import rollback
+    from evals.environment import git_facts
+    from evals.tracking import mlflow_errors
+
+    uri = tracking_uri(args)
+    with mlflow_errors(uri):
+        line = rollback(uri, args.program, git_facts(Path.cwd())["git.commit"])
+    print(line)
+    return 0 if "rolled back" in line else 1
+
+
 COMMANDS: dict[str, Command] = {
     "sync": Command("Upload spooled session bundles to MLflow", _configure_sync, _run_sync),
     "report": Command(
         "Show recent sessions and compare the last two", _configure_report, _run_report
     ),
+    "promote": Command("Make a session's programs the champions, if every gate passed", _configure_promote,
+                       _run_promote),
+    "rollback": Command("Restore the previous champion of a program", _configure_rollback, _run_rollback),
 }
 
 

@@ -70,7 +70,7 @@ def check_regressions(session: EvalsSession, records: Sequence[ExampleRecord]) -
         try:
             comparison = compare(mine, list(baseline.records), policy)
         except ComparisonRefused as exc:
-            outcome.error_lines.append(f"{program}: {exc}")
+            outcome.error_lines.append(str(exc))
             continue
         outcome.comparisons[program] = comparison
         outcome.baselines[program] = f"version {baseline.version} (run {baseline.run_id})"

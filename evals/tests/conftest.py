@@ -49,13 +49,16 @@ def test_diagnosis(evals_program, diagnosis, evals_evaluate):
 # The scripted LM answers the gold label for the first example of each diagnosis (by id)
 # and a wrong label for the others, so accuracy is known in advance: 0.5 with 2 per label.
 DUMMY_CONFTEST = '''
+import os
+
 import pytest
 
 from evals.labels import DIAGNOSES
 
 
 def scripted_answer(example, rank):
-    if rank == 0:
+    # EVALS_TEST_WEAKEN=1 plays a weakened program: every answer wrong.
+    if rank == 0 and not os.environ.get("EVALS_TEST_WEAKEN"):
         return example.diagnosis
     return DIAGNOSES[(DIAGNOSES.index(example.diagnosis) + 1) % len(DIAGNOSES)]
 
