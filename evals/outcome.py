@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evals.champion_gate import check_regressions, comparison_markdown, regression_section
+from evals.drift_gate import check_drift, drift_section
 from evals.errors import EvalsWarning
 from evals.gate import Check, check_program, describe, verdict
 from evals.labels import DIAGNOSES
@@ -45,6 +46,7 @@ class SessionSummary:
     notes: list[str] = field(default_factory=list)
     registered: dict[str, str] = field(default_factory=dict)
     regression: Any = None
+    drift: Any = None
     promotions: list[str] = field(default_factory=list)
 
     @property
@@ -61,16 +63,20 @@ def summarize(session: EvalsSession) -> SessionSummary:
     # Per-diagnosis floors already failed their own tests; the session gate adds the aggregates.
     error_lines = [describe(c) for cs in checks.values() for c in cs if c.failed and c.metric in SESSION_METRICS]
     regression = check_regressions(session, records)
+    params = _session_params(session)
+    program_params = _program_params(session, metrics, records, params)
+    drift = check_drift(session, records, params, program_params)
     return SessionSummary(
         records=records,
         metrics=metrics,
         checks=checks,
-        error_lines=error_lines + regression.error_lines,
+        error_lines=error_lines + regression.error_lines + drift.error_lines,
         incomplete=_incomplete_reasons(session, records),
-        params=_session_params(session),
-        program_params=_program_params(session, metrics),
-        notes=list(regression.notes),
+        params=params,
+        program_params=program_params,
+        notes=[*regression.notes, *drift.notes],
         regression=regression,
+        drift=drift,
     )
 
 
@@ -111,15 +117,19 @@ def _session_params(session: EvalsSession) -> dict[str, str]:
     return params
 
 
-def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics]) -> dict[str, dict[str, str]]:
+def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics], records: list[ExampleRecord],
+                    session_params: dict[str, str]) -> dict[str, dict[str, str]]:
+    from evals.drift_gate import FINGERPRINT_PARAM, SAMPLE_PARAM, lm_fingerprint_of, sample_fingerprint
     from programs.optimizers import split_name
 
     registry, setup = session.registry(), session.optimizer_setup()
     params = {}
     for name in metrics:
         base, optimizer = split_name(name)
+        mine = [r for r in records if r.program == name]
         params[name] = {"program.name": name, "program.base": base, "program.source_hash": registry[base].source_hash(),
-                        "program.description": registry[base].description}
+                        "program.description": registry[base].description,
+                        SAMPLE_PARAM: sample_fingerprint(mine), FINGERPRINT_PARAM: lm_fingerprint_of(session_params, mine)}
         if optimizer is not None:
             params[name].update(setup.optimizers[optimizer].loggable())
             params[name].update(compile_params(name, session.all_compile_events()))
@@ -169,7 +179,8 @@ def optimizer_gains(summary: SessionSummary) -> Section | None:
 
 
 def sections(summary: SessionSummary) -> list[Section]:
-    candidates = (optimizer_gains(summary), regression_section(summary.regression) if summary.regression else None)
+    candidates = (optimizer_gains(summary), regression_section(summary.regression) if summary.regression else None,
+                  drift_section(summary.drift) if summary.drift else None)
     return [section for section in candidates if section is not None]
 
 
@@ -248,6 +259,8 @@ def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, r
     (artifacts / "verdict.json").write_text(json.dumps(_verdict(summary), indent=2))
     if summary.regression and summary.regression.comparisons:
         _write_comparison(artifacts, summary.regression)
+    if summary.drift and summary.drift.reports:
+        _write_markdown(artifacts / "drift.md", "\n\n".join(r.to_markdown() for r in summary.drift.reports.values()))
     context = ReportContext(
         title=f"Symptom-diagnosis eval session {session.session_id[:8]}",
         params=summary.params, metrics=summary.metrics, checks=summary.checks, records=summary.records,
@@ -289,18 +302,22 @@ def _write_program_dir(session: EvalsSession, directory: Path, name: str, m: Pro
 
 def _write_comparison(artifacts: Path, regression: Any) -> None:
     """The comparison table (CSV and Markdown); also the GitHub job summary when in Actions."""
-    import os
-
     import pandas as pd
 
     rows = [{"program": p, **row} for p, c in regression.comparisons.items() for row in c.as_rows()]
     pd.DataFrame(rows).to_csv(artifacts / "comparison.csv", index=False)
-    markdown = comparison_markdown(regression)
-    (artifacts / "comparison.md").write_text(markdown)
+    _write_markdown(artifacts / "comparison.md", comparison_markdown(regression))
+
+
+def _write_markdown(path: Path, markdown: str) -> None:
+    """Write a Markdown artifact; inside GitHub Actions also append it to the job summary."""
+    import os
+
+    path.write_text(markdown)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as handle:
-            handle.write(markdown + "\n")
+            handle.write(markdown + "\n\n")
 
 
 def program_state(session: EvalsSession, name: str, summary: SessionSummary) -> dict[str, Any]:
@@ -344,7 +361,8 @@ def _session_json(session: EvalsSession, summary: SessionSummary) -> dict[str, A
             name: {
                 "params": summary.program_params[name],
                 "tags": {"evals.verdict": "fail" if any(c.failed for c in summary.checks[name]) else "pass"},
-                "metrics": {**flat_metrics(m), **(summary.regression.program_metrics(name) if summary.regression else {})},
+                "metrics": {**flat_metrics(m), **(summary.regression.program_metrics(name) if summary.regression else {}),
+                            **(summary.drift.program_metrics(name) if summary.drift else {})},
             }
             for name, m in summary.metrics.items()
         },
