@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a slow harness test (real mlx-lm calls and the like)")
     cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
     ini = {option.ini: config.getini(option.ini) for option in OPTIONS}
-    settings = resolve(cli, ini, os.environ, config.rootpath)
+    settings = resolve(cli, ini, os.environ, config.rootpath, config.invocation_params.dir)
     session = EvalsSession(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "evals-session")

@@ -124,7 +124,14 @@ class EvalsSession:
         if "thresholds" not in self._cache:
             from evals.thresholds import load_thresholds
 
-            self._cache["thresholds"] = load_thresholds(self.settings.path("thresholds"), self.known_program_names())
+            from evals.champion_gate import split_policy
+            from evals.drift import parse_drift_policy
+            from evals.regression import parse_regression_policy
+
+            thresholds = load_thresholds(self.settings.path("thresholds"), self.known_program_names())
+            parse_regression_policy(split_policy(thresholds.regression)[0], thresholds.source)
+            parse_drift_policy(thresholds.drift, thresholds.source)
+            self._cache["thresholds"] = thresholds
         return self._cache["thresholds"]
 
     def lm_spec(self) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +130,19 @@ class Settings:
 
     values: Mapping[str, Any]
     rootdir: Path
+    sources: Mapping[str, str] = field(default_factory=dict)
+    invocation_dir: Path | None = None
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
     def path(self, name: str) -> Path:
-        """A path setting, relative to the rootdir unless absolute."""
-        return (self.rootdir / Path(self.values[name]).expanduser()).resolve()
+        """A path setting: from the CLI or environment relative to the invocation directory,
+        from the ini file or the defaults relative to the rootdir (absolute paths as they are)."""
+        source = self.sources.get(name, "default")
+        given_here = source.startswith("--") or source.startswith("environment")
+        base = self.invocation_dir if given_here and self.invocation_dir else self.rootdir
+        return (base / Path(self.values[name]).expanduser()).resolve()
 
     @property
     def trigger(self) -> str:
@@ -144,15 +150,17 @@ class Settings:
 
 
 def resolve(
-    cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str], rootdir: Path
+    cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str], rootdir: Path,
+    invocation_dir: Path | None = None,
 ) -> Settings:
     """Layer the sources of every option and parse them; a bad value raises ConfigError naming its source."""
-    values = {}
+    values, sources = {}, {}
     for option in OPTIONS:
         text, source = _raw(option, cli, ini, environ)
         values[option.name] = _parse(option, text, source)
+        sources[option.name] = source
     values["trigger"] = values["trigger"] or ("ci" if environ.get("CI", "").lower() in ("1", "true") else "local")
-    return Settings(values=values, rootdir=rootdir)
+    return Settings(values=values, rootdir=rootdir, sources=sources, invocation_dir=invocation_dir)
 
 
 def _raw(option: Option, cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str]
