@@ -56,7 +56,7 @@ def read_entry(path: Path, key: str) -> dict[str, Any] | None:
         return None
     try:
         envelope = json.loads(path.read_text())
-        if envelope.get("format") != FORMAT or envelope.get("key") != key or not isinstance(envelope.get("state"), dict):
+        if not isinstance(envelope, dict) or envelope.get("format") != FORMAT or envelope.get("key") != key or not isinstance(envelope.get("state"), dict):
             raise ValueError("envelope does not match its key")
     except (OSError, ValueError) as exc:
         warnings.warn(EvalsWarning(f"compile cache entry {path} is unusable ({exc}); recompiling"), stacklevel=2)
@@ -111,15 +111,28 @@ def get_or_compile(
         envelope = read_entry(path, key)
         if envelope is not None and (not recompile or envelope.get("session_id") == session_id):
             started = time.perf_counter()
-            module = empty()
-            module.load_state(envelope["state"])
-            return module, CompileEvent(program, key, "loaded", time.perf_counter() - started, 0, str(path), os.getpid())
+            module = _load(empty, envelope["state"], path)
+            if module is not None:
+                event = CompileEvent(program, key, "loaded", time.perf_counter() - started, 0, str(path), os.getpid())
+                return module, event
         started, calls_before = time.perf_counter(), count_lm_calls()
         module = compile()
         duration, calls = time.perf_counter() - started, count_lm_calls() - calls_before
         meta = {"session_id": session_id, "created_at": time.time(), "duration_s": duration, "lm_calls": calls}
         write_entry(path, key, parts, module.dump_state(), meta)
     return module, CompileEvent(program, key, "compiled", duration, calls, str(path), os.getpid())
+
+
+def _load(empty: Callable[[], Any], state: dict[str, Any], path: Path) -> Any:
+    """Load a stored state into a fresh module; a state that does not fit is a miss, not a crash."""
+    module = empty()
+    try:
+        module.load_state(state)
+    except Exception as exc:  # dspy raises KeyError, ValueError, TypeError... for a mismatched state
+        warnings.warn(EvalsWarning(f"compile cache entry {path} is unusable ({type(exc).__name__}: {exc}); "
+                                   "recompiling"), stacklevel=3)
+        return None
+    return module
 
 
 def source_hash(*objects: Any) -> str:

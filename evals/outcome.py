@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from evals.champion_gate import check_regressions, comparison_markdown, regression_section
 from evals.drift_gate import check_drift, drift_section
+from evals.robustness_gate import check_robustness, robustness_section
 from evals.errors import EvalsWarning
 from evals.gate import Check, check_program, describe, verdict
 from evals.labels import DIAGNOSES
@@ -47,6 +48,7 @@ class SessionSummary:
     registered: dict[str, str] = field(default_factory=dict)
     regression: Any = None
     drift: Any = None
+    robustness: Any = None
     promotions: list[str] = field(default_factory=list)
 
     @property
@@ -66,17 +68,19 @@ def summarize(session: EvalsSession) -> SessionSummary:
     params = _session_params(session)
     program_params = _program_params(session, metrics, records, params)
     drift = check_drift(session, records, params, program_params)
+    robustness = check_robustness(session, session.state.stability)
     return SessionSummary(
         records=records,
         metrics=metrics,
         checks=checks,
-        error_lines=error_lines + regression.error_lines + drift.error_lines,
+        error_lines=error_lines + regression.error_lines + drift.error_lines + robustness.error_lines,
         incomplete=_incomplete_reasons(session, records),
         params=params,
         program_params=program_params,
         notes=[*regression.notes, *drift.notes],
         regression=regression,
         drift=drift,
+        robustness=robustness,
     )
 
 
@@ -180,7 +184,8 @@ def optimizer_gains(summary: SessionSummary) -> Section | None:
 
 def sections(summary: SessionSummary) -> list[Section]:
     candidates = (optimizer_gains(summary), regression_section(summary.regression) if summary.regression else None,
-                  drift_section(summary.drift) if summary.drift else None)
+                  drift_section(summary.drift) if summary.drift else None,
+                  robustness_section(summary.robustness) if summary.robustness else None)
     return [section for section in candidates if section is not None]
 
 
@@ -283,7 +288,11 @@ def _write_tables(directory: Path, summary: SessionSummary, redact: Any) -> None
     predictions.to_csv(directory / "predictions.csv", index=False)
     misclassified_frame(summary.records, redact).to_csv(directory / "misclassified.csv", index=False)
     per_diagnosis = [per_diagnosis_frame(m).assign(program=name) for name, m in summary.metrics.items()]
-    pd.concat(per_diagnosis).to_csv(directory / "per_diagnosis.csv", index=False)
+    if per_diagnosis:
+        pd.concat(per_diagnosis).to_csv(directory / "per_diagnosis.csv", index=False)
+    if summary.robustness is not None and summary.robustness.metrics:
+        rows = [{"program": p, **m} for p, m in summary.robustness.metrics.items()]
+        pd.DataFrame(rows).to_csv(directory / "stability.csv", index=False)
 
 
 def _write_program_dir(session: EvalsSession, directory: Path, name: str, m: ProgramMetrics,
@@ -355,18 +364,30 @@ def _session_json(session: EvalsSession, summary: SessionSummary) -> dict[str, A
             "git.branch": summary.params.get("git.branch", ""),
         },
         # MLflow metric names allow no '+': "zero_shot+knn_few_shot" is logged as "zero_shot/knn_few_shot".
-        "metrics": {f"{name.replace('+', '/')}.{key}": value for name, m in summary.metrics.items()
-                    for key, value in flat_metrics(m).items() if "." not in key},
-        "programs": {
-            name: {
-                "params": summary.program_params[name],
-                "tags": {"evals.verdict": "fail" if any(c.failed for c in summary.checks[name]) else "pass"},
-                "metrics": {**flat_metrics(m), **(summary.regression.program_metrics(name) if summary.regression else {}),
-                            **(summary.drift.program_metrics(name) if summary.drift else {})},
-            }
-            for name, m in summary.metrics.items()
-        },
+        "metrics": {f"{name.replace('+', '/')}.{key}": value for name in _program_names(summary)
+                    for key, value in _program_json(summary, name)["metrics"].items() if "." not in key},
+        "programs": {name: _program_json(summary, name) for name in _program_names(summary)},
     }
+
+
+def _program_names(summary: SessionSummary) -> list[str]:
+    stable = list(summary.robustness.metrics) if summary.robustness else []
+    return list(dict.fromkeys([*summary.metrics, *stable]))
+
+
+def _program_json(summary: SessionSummary, name: str) -> dict[str, Any]:
+    """Params, tags and metrics of one program's nested run."""
+    metrics: dict[str, float] = {}
+    if name in summary.metrics:
+        metrics.update(flat_metrics(summary.metrics[name]))
+    for part in (summary.regression, summary.drift):
+        if part is not None:
+            metrics.update(part.program_metrics(name))
+    if summary.robustness is not None:
+        metrics.update(summary.robustness.metrics.get(name, {}))
+    failed = any(c.failed for c in summary.checks.get(name, []))
+    return {"params": summary.program_params.get(name, {"program.name": name}),
+            "tags": {"evals.verdict": "fail" if failed else "pass"}, "metrics": metrics}
 
 
 def render_summary(session: EvalsSession, summary: SessionSummary, terminalreporter: Any) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from evals.labels import DIAGNOSES, slug
+from evals.records import STABILITY_PROPERTY
 from evals.settings import OPTIONS, resolve
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.addinivalue_line("markers", "evals: an eval suite test that runs a real LM")
     config.addinivalue_line("markers", "slow: a slow harness test (real mlx-lm calls and the like)")
+    config.addinivalue_line("markers", "robustness: a metamorphic robustness suite (select with -m robustness)")
+    # MLflow's sqlite store triggers SQLAlchemy deprecation warnings that no user can act on.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mlflow.*")
     cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
     ini = {option.ini: config.getini(option.ini) for option in OPTIONS}
     settings = resolve(cli, ini, os.environ, config.rootpath, config.invocation_params.dir)
@@ -91,3 +95,17 @@ def evals_evaluate(
         return outcome
 
     return evaluate
+
+
+@pytest.fixture
+def evals_stability(
+    evals_session: EvalsSession, evals_lm: Any, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """Compare a program's answers on an example and on a perturbed text; the record travels with the report."""
+
+    def check(program: str, example: Any, text: str, perturbations: tuple[str, ...]) -> Any:
+        record = evals_session.stability(program, example, text, perturbations)
+        request.node.user_properties.append((STABILITY_PROPERTY, [{"record": record.to_dict(), "text": text}]))
+        return record
+
+    return check

@@ -59,3 +59,6 @@ class ExampleRecord:
 
 RECORDS_PROPERTY = "evals_records"
 """Key under which a test's records travel in ``item.user_properties``."""
+
+STABILITY_PROPERTY = "evals_stability"
+"""Key under which robustness tests send ``{"record": StabilityRecord dict, "text": perturbed text}``."""

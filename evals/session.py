@@ -19,7 +19,7 @@ import pytest
 
 from evals.data import Example, SymptomDataset
 from evals.errors import ConfigError
-from evals.records import RECORDS_PROPERTY, ExampleRecord
+from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
 from evals.settings import Settings
 
 
@@ -50,6 +50,7 @@ class ControllerState:
     crashed_workers: list[str] = field(default_factory=list)
     worker_outputs: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    stability: list[dict[str, Any]] = field(default_factory=list)
 
 
 class EvalsSession:
@@ -131,6 +132,9 @@ class EvalsSession:
             thresholds = load_thresholds(self.settings.path("thresholds"), self.known_program_names())
             parse_regression_policy(split_policy(thresholds.regression)[0], thresholds.source)
             parse_drift_policy(thresholds.drift, thresholds.source)
+            from evals.robustness_gate import parse_robustness_policy
+
+            parse_robustness_policy(thresholds.robustness, thresholds.source)
             self._cache["thresholds"] = thresholds
         return self._cache["thresholds"]
 
@@ -188,7 +192,10 @@ class EvalsSession:
 
         trainset = self.dspy_examples("train", config.trainset_per_diagnosis)
         valset = self.dspy_examples("val", config.valset_per_diagnosis) if config.uses_valset else []
-        lm = self.lm()
+        import dspy
+
+        # The LM the tests run on (the evals_lm fixture may be overridden, e.g. by a scripted LM).
+        lm = dspy.settings.lm or self.lm()
         full_train = self.dspy_examples("train")
         module, event = get_or_compile(
             cache_dir=self.settings.path("cache-dir"),
@@ -246,6 +253,19 @@ class EvalsSession:
             events.extend(output.get("compile_events", []))
         return events
 
+    def stability(self, program: str, example: Example, text: str, perturbations: tuple[str, ...]) -> Any:
+        """Run ``program`` on an example and on a perturbed copy of its text; compare the answers."""
+        from dataclasses import replace
+
+        from evals.robustness import StabilityRecord
+        from evals.runner import run_one
+
+        module = self.program(program)
+        original = run_one(module, program, example)
+        perturbed = run_one(module, program, replace(example, symptoms=text))
+        return StabilityRecord(program, example.id, example.diagnosis, perturbations, original.predicted,
+                               perturbed.predicted, perturbed.error or original.error)
+
     # ----- xdist plumbing -----
 
     @pytest.hookimpl(optionalhook=True)
@@ -274,6 +294,9 @@ class EvalsSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker or report.when != "call":
             return
+        for key, value in report.user_properties:
+            if key == STABILITY_PROPERTY:
+                self.state.stability.extend(value)
         batches = [value for key, value in report.user_properties if key == RECORDS_PROPERTY]
         if not batches:
             return
@@ -288,7 +311,7 @@ class EvalsSession:
         except KeyboardInterrupt:
             self.state.interrupted = True
             raise
-        if not self.is_worker and self.state.records:
+        if not self.is_worker and (self.state.records or self.state.stability):
             from evals.outcome import summarize
 
             self.summary = summarize(self)
@@ -302,7 +325,7 @@ class EvalsSession:
                 "compile_events": [event.to_dict() for event in self.compile_events]
             }
             return
-        if self.state.records:
+        if self.state.records or self.state.stability:
             from evals.outcome import summarize, write_and_log
 
             if self.summary is None:  # interrupted before the loop ended: keep what was gathered

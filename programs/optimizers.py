@@ -85,13 +85,19 @@ def load_setup(path: Path, programs: Collection[str]) -> OptimizerSetup:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict) or set(data) - {"optimizers", "evaluate"}:
+    if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys 'optimizers' and 'evaluate'")
+    unknown = sorted(str(key) for key in set(data) - {"optimizers", "evaluate"})
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]}: unknown key; allowed: 'optimizers', 'evaluate'")
     raw = data.get("optimizers") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: optimizers: expected a mapping of name -> configuration")
     optimizers = {str(name): _parse_entry(str(name), entry, where) for name, entry in raw.items()}
-    evaluate = tuple(data.get("evaluate") or ())
+    raw_pairs = data.get("evaluate") or []
+    if not isinstance(raw_pairs, list):
+        raise ConfigError(f"{where}: evaluate: expected a list of program+optimizer names, found {raw_pairs!r}")
+    evaluate = tuple(raw_pairs)
     for pair in evaluate:
         check_pair(str(pair), programs, optimizers, f"{where}: evaluate")
     return OptimizerSetup(where, optimizers, tuple(str(p) for p in evaluate))

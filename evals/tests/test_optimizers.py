@@ -114,11 +114,6 @@ def test_bad_config_is_one_config_error_line_naming_file_and_key(tmp_path: Path,
         assert fragment in message, (fragment, message)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG programs/optimizers.py:94 load_setup: `tuple(data.get('evaluate') or ())` turns a string into its "
-    "characters, so `evaluate: zero_shot+labeled` reports \"unknown program 'z'\" instead of naming the value; "
-    "fix: raise ConfigError(f\"{where}: evaluate: expected a list of program+optimizer names, found {value!r}\") "
-    "unless it is a list"))
 def test_evaluate_that_is_not_a_list_names_the_value_found(tmp_path: Path) -> None:
     path = tmp_path / "optimizers.yaml"
     path.write_text(f"optimizers:\n  {GOOD_ENTRY}\nevaluate: zero_shot+labeled\n")
@@ -304,11 +299,6 @@ evaluate: [zero_shot+labeled, zero_shot+knn]
 PAIRS = ("zero_shot+labeled", "zero_shot+knn")
 PROGRAMS_ARG = "--evals-programs " + ",".join(PAIRS)
 
-# WORKAROUND for the bug shown by test_compiled_programs_use_the_evals_lm_fixture: make the session's own LM
-# the scripted one too, so that compiling (which calls session.lm()) does not replace it with the real LM.
-WORKAROUND_LINE = '    evals_session._cache["lm"] = lm  # see test_compiled_programs_use_the_evals_lm_fixture\n'
-
-
 def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
     return project.runpytest_subprocess(*[a for arg in args for a in arg.split()], "-p", "no:cacheprovider")
 
@@ -331,9 +321,7 @@ def cache_project(eval_project: pytest.Pytester) -> pytest.Pytester:
         evals_per_diagnosis = 1
         evals_no_mlflow = true
         """))
-    conftest = DUMMY_CONFTEST.replace("    return lm\n", WORKAROUND_LINE + "    return lm\n")
-    assert conftest != DUMMY_CONFTEST
-    project.makeconftest(conftest)
+    project.makeconftest(DUMMY_CONFTEST)
     return project
 
 
@@ -355,6 +343,11 @@ def run_ok(project: pytest.Pytester, *args: str) -> pytest.RunResult:
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=44)
     return result
+
+
+def session_dir(project: pytest.Pytester, session: dict[str, Any]) -> Path:
+    (match,) = (project.path / ".evals" / "reports").glob(f"*-{session['session_id'][:8]}")
+    return match
 
 
 COMPILED = ("1", "compiled")
@@ -379,11 +372,6 @@ def test_first_session_compiles_each_pair_once_and_the_next_loads(cache_project:
 
     assert compile_summary(cache_project) == {pair: LOADED for pair in PAIRS}
     result.stdout.fnmatch_lines(["*zero_shot+labeled: loaded from cache*"])
-
-
-def session_dir(project: pytest.Pytester, session: dict[str, Any]) -> Path:
-    (match,) = (project.path / ".evals" / "reports").glob(f"*-{session['session_id'][:8]}")
-    return match
 
 
 def test_changing_one_optimizer_config_recompiles_only_its_pair(cache_project: pytest.Pytester) -> None:
@@ -457,11 +445,6 @@ def test_corrupt_cache_entry_warns_and_recompiles(cache_project: pytest.Pytester
         "zero_shot+labeled"]["params"]["compile.key"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG evals/session.py:184 EvalsSession._compiled calls self.lm(), which builds the configured LM and runs "
-    "dspy.configure(lm=...) over the LM the evals_lm fixture set (the documented override, e.g. DummyLM), so "
-    "the compiled program and every later test in the process run on the real LM; fix: take the LM dspy is "
-    "configured with, `lm = dspy.settings.lm or self.lm()`"))
 def test_compiled_programs_use_the_evals_lm_fixture(cache_project: pytest.Pytester) -> None:
     cache_project.makeconftest(DUMMY_CONFTEST)  # the stock override, without the workaround
 
