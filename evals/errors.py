@@ -15,3 +15,7 @@ class ConfigError(pytest.UsageError):
 
 class EvalsWarning(pytest.PytestWarning):
     """Something was degraded (MLflow unreachable, cache entry ignored) but nothing is lost."""
+
+
+class LMUnavailable(Exception):
+    """The LM cannot be loaded or reached at all: the session stops with this one line."""

@@ -201,7 +201,20 @@ def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
     summary.bundle_dir = bundle
     if settings["no-mlflow"]:
         return
+    if session.state.interrupted:
+        # Ctrl-C: keep what was gathered without waiting on MLflow; `python -m evals sync` uploads it.
+        spooled = _spool(session, bundle, redactor, "session interrupted")
+        summary.notes.append(f"session interrupted: what was gathered is kept in {spooled}; "
+                             "upload it with: python -m evals sync")
+        return
     _log(session, summary, bundle, redactor)
+
+
+def _spool(session: EvalsSession, bundle: Path, redactor: Any, reason: str) -> Path:
+    from evals.spool import spool_bundle
+
+    return spool_bundle(bundle, session.settings.path("spool-dir"), tracking_uri=session.settings["tracking-uri"],
+                        reason=reason, redactor=redactor)
 
 
 def _redact_patterns(session: EvalsSession) -> dict[str, str]:
@@ -217,7 +230,6 @@ def _redact_patterns(session: EvalsSession) -> dict[str, str]:
 
 
 def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor: Any) -> None:
-    from evals.spool import spool_bundle
     from evals.model_registry import register_candidates
     from evals.tracking import TrackingUnavailable, mlflow_errors, run_url_hint, upload_bundle
 
@@ -230,8 +242,7 @@ def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor:
             if session.settings["promote"]:
                 summary.promotions.extend(_promote(session, summary, uri))
     except TrackingUnavailable as exc:
-        spooled = spool_bundle(bundle, session.settings.path("spool-dir"), tracking_uri=uri, reason=str(exc),
-                               redactor=redactor)
+        spooled = _spool(session, bundle, redactor, str(exc))
         message = f"{exc}; session kept in {spooled}; upload it later with: python -m evals sync"
         summary.notes.append(message)
         warnings.warn(EvalsWarning(message), stacklevel=1)

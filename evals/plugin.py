@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from evals.errors import ConfigError, LMUnavailable
 from evals.labels import DIAGNOSES, slug
 from evals.records import STABILITY_PROPERTY
 from evals.settings import OPTIONS, resolve
@@ -77,10 +78,25 @@ def evals_session(pytestconfig: pytest.Config) -> EvalsSession:
     return pytestconfig.stash[SESSION_KEY]
 
 
+def guarded(session: EvalsSession, request: pytest.FixtureRequest, call: Callable[[], Any]) -> Any:
+    """Run ``call``; a setup problem (bad data, LM down) becomes one line and stops the session.
+
+    Later tests fail at once with the same line instead of repeating N tracebacks.
+    """
+    if not session.fatal:
+        try:
+            return call()
+        except (ConfigError, LMUnavailable) as exc:
+            session.fatal = str(exc)
+    # Outside the except block, so that pytest shows no chained traceback.
+    request.session.shouldstop = session.fatal
+    pytest.fail(str(session.fatal), pytrace=False)
+
+
 @pytest.fixture(scope="session")
-def evals_lm(evals_session: EvalsSession) -> Iterator[Any]:
+def evals_lm(evals_session: EvalsSession, request: pytest.FixtureRequest) -> Iterator[Any]:
     """The configured ``dspy.LM``, loaded once per process and set as dspy's default LM."""
-    yield evals_session.lm()
+    yield guarded(evals_session, request, evals_session.lm)
 
 
 @pytest.fixture
@@ -90,7 +106,7 @@ def evals_evaluate(
     """Run a program on one diagnosis's sampled examples; the records travel with the test report."""
 
     def evaluate(program: str, diagnosis: str) -> DiagnosisOutcome:
-        outcome = evals_session.evaluate(program, diagnosis)
+        outcome = guarded(evals_session, request, lambda: evals_session.evaluate(program, diagnosis))
         request.node.user_properties.append(outcome.as_property())
         return outcome
 

@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 
 from evals.data import Example, SymptomDataset
-from evals.errors import ConfigError
+from evals.errors import ConfigError, LMUnavailable
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
 from evals.settings import Settings
+
+ANSWERED_ERRORS = ("AdapterParseError", "answer outside")
+"""Errors that mean the LM did answer (with garbage), as opposed to being down."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class EvalsSession:
         self.summary: Any = None
         self._cache: dict[str, Any] = {}
         self.compile_events: list[Any] = []
+        self.lm_answered = False
+        self.fatal: str | None = None
 
     # ----- resources (any process) -----
 
@@ -155,8 +160,18 @@ class EvalsSession:
             workers = int(self.config.workerinput.get("workercount", 1)) if self.is_worker else 1
             # One response cache for all workers and sessions (diskcache is safe across processes).
             dspy.configure_cache(disk_cache_dir=str(self.settings.path("cache-dir") / "lm"))
-            lm = build_lm(self.lm_spec(), n_threads=worker_threads(workers), cache=not self.settings["no-cache"],
-                          cache_dir=self.settings.path("cache-dir"))
+            spec = self.lm_spec()
+            try:
+                lm = build_lm(spec, n_threads=worker_threads(workers), cache=not self.settings["no-cache"],
+                              cache_dir=self.settings.path("cache-dir"))
+                if hasattr(lm.engine, "llama"):
+                    lm.engine.llama  # load in-process models now: a bad file is one clear line, once
+            except ConfigError:
+                raise
+            except Exception as exc:  # llama.cpp, mlx and litellm raise many types
+                from evals.runner import one_line
+
+                raise LMUnavailable(f"LM {spec.spec!r} cannot be loaded: {one_line(exc)}") from None
             dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
             self._cache["lm"] = lm
         return self._cache["lm"]
@@ -241,6 +256,7 @@ class EvalsSession:
 
         examples = [e for e in self.examples() if e.diagnosis == diagnosis]
         records = run_examples(self.program(program), program, examples)
+        self._check_lm_alive(records)
         correct = sum(record.correct for record in records)
         limits = self.thresholds().for_program(program)
         failure = diagnosis_failure(program, diagnosis, correct, len(records), limits)
@@ -252,6 +268,14 @@ class EvalsSession:
         for output in self.state.worker_outputs:
             events.extend(output.get("compile_events", []))
         return events
+
+    def _check_lm_alive(self, records: list[ExampleRecord]) -> None:
+        """Stop at the first test if the LM never answered at all (down, unreachable, timing out)."""
+        if self.lm_answered or not records:
+            return
+        if all(r.error and not r.error.startswith(ANSWERED_ERRORS) for r in records):
+            raise LMUnavailable(f"LM {self.lm_spec().spec!r} is unavailable: {records[0].error}")
+        self.lm_answered = True
 
     def stability(self, program: str, example: Example, text: str, perturbations: tuple[str, ...]) -> Any:
         """Run ``program`` on an example and on a perturbed copy of its text; compare the answers."""

@@ -78,6 +78,57 @@ def evals_lm(evals_session):
     return lm
 '''
 
+# A fake LM engine: answers the first diagnosis named in the symptoms, case-insensitively. Faults on
+# demand, by environment variable: EVALS_TEST_GARBAGE=1 answers a valid JSON non-label for everything;
+# EVALS_TEST_FAIL_ON=<label> raises a connection error and EVALS_TEST_NONSENSE_ON=<label> answers text
+# that is no JSON for texts naming that label; EVALS_TEST_FAIL_ALL=1 raises for everything.
+KEYWORD_CONFTEST = '''
+import json
+import os
+
+import pytest
+
+from evals.labels import DIAGNOSES
+
+
+class KeywordEngine:
+    supports_response_schema = True
+    supported_params = frozenset({"temperature", "max_tokens", "response_format"})
+
+    def complete(self, request):
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        # The symptoms sit between the field header and JSONAdapter's "Respond with ..." instructions.
+        text = (request.messages[-1].text or "").lower().split("## symptoms ## ]]")[-1].split("respond with")[0]
+        found = next((label for label in DIAGNOSES if label in text), "allergy")
+        if os.environ.get("EVALS_TEST_FAIL_ALL") or os.environ.get("EVALS_TEST_FAIL_ON") == found:
+            raise ConnectionError("connection refused by the fake LM")
+        answer = "i think it is a cold" if os.environ.get("EVALS_TEST_GARBAGE") else found
+        body = json.dumps({"diagnosis": answer})
+        if os.environ.get("EVALS_TEST_NONSENSE_ON") == found:
+            body = "Sorry, I cannot help with medical questions."
+        return Response(id=None, model="keyword", message=Message.assistant([TextPart(body)]),
+                        finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=1, total_tokens=2))
+
+    def stream(self, request):
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="session")
+def evals_lm():
+    import dspy
+
+    lm = dspy.LM("keyword/fake", engine=KeywordEngine(), cache=False, num_retries=0)
+    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+    return lm
+'''
+
+
 THRESHOLDS = """
 version: 1
 programs:

@@ -8,53 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from evals.tests.conftest import KEYWORD_CONFTEST
 from evals.tests.test_plugin import bundles, run
 
 SUITE = Path(__file__).parents[2] / "suites" / "test_robustness.py"
-
-# A fake LM engine: answers the first diagnosis named in the symptoms, case-insensitively, else
-# (with EVALS_TEST_GARBAGE=1) free text that is no label.
-KEYWORD_CONFTEST = '''
-import json
-import os
-
-import pytest
-
-from evals.labels import DIAGNOSES
-
-
-class KeywordEngine:
-    supports_response_schema = True
-    supported_params = frozenset({"temperature", "max_tokens", "response_format"})
-
-    def complete(self, request):
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
-        text = (request.messages[-1].text or "").lower()
-        found = next((label for label in DIAGNOSES if label in text.split("symptoms")[-1]), "allergy")
-        answer = "i think it is a cold" if os.environ.get("EVALS_TEST_GARBAGE") else found
-        body = json.dumps({"diagnosis": answer})
-        return Response(id=None, model="keyword", message=Message.assistant([TextPart(body)]),
-                        finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=1, total_tokens=2))
-
-    def stream(self, request):
-        from dspy.lm15 import response_to_events
-
-        return response_to_events(self.complete(request))
-
-    def close(self):
-        pass
-
-
-@pytest.fixture(scope="session")
-def evals_lm():
-    import dspy
-
-    lm = dspy.LM("keyword/fake", engine=KeywordEngine(), cache=False, num_retries=0)
-    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
-    return lm
-'''
-
 
 @pytest.fixture
 def robustness_project(eval_project: pytest.Pytester) -> pytest.Pytester:
@@ -73,9 +30,12 @@ def test_stability_is_measured_and_logged(robustness_project: pytest.Pytester, x
 
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=22, skipped=1)  # the empty saved-counterexample set is skipped
-    result.stdout.fnmatch_lines(["*Robustness (meaning-preserving*", "*zero_shot*1.000*1.000*66*"])
+    result.stdout.fnmatch_lines(["*Robustness (meaning-preserving*", "*zero_shot*1.000*66*"])
     session = json.loads(bundles(robustness_project)[-1].read_text())
-    assert session["programs"]["zero_shot"]["metrics"]["stability"] == 1.0
+    metrics = session["programs"]["zero_shot"]["metrics"]
+    # The keyword LM is fooled by some perturbations (e.g. a doubled space inside "chicken pox"), never invalid.
+    assert 0.5 <= metrics["stability"] <= 1.0 and metrics["robust_valid_rate"] == 1.0
+    assert metrics["robust_n"] == 66
     assert "stability.by.change_case" in session["programs"]["zero_shot"]["metrics"]
 
 
