@@ -146,6 +146,33 @@ def _run_rollback(args: argparse.Namespace) -> int:
     return 0 if "rolled back" in line else 1
 
 
+def _configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--program", default="zero_shot", help="Program to measure (default: %(default)s)")
+    parser.add_argument("--per-diagnosis", type=positive_int, default=1,
+                        help="Examples per diagnosis (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, help="Local dataset directory (default: $EVALS_DATA_DIR, else the Hub)")
+    parser.add_argument("--quick", action="store_true", help="Measure on 8 of the 22 diagnoses")
+    parser.add_argument("--out", type=Path, default=Path(".evals/bench.json"),
+                        help="JSON result; the Markdown table goes next to it as .md (default: %(default)s)")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from evals.bench import Plan, render_table, run_bench, write_report
+    from programs.registry import get_program
+
+    get_program(args.program)  # an unknown name is one line now, not seven failed measurements later
+    data_dir = args.data_dir or os.environ.get("EVALS_DATA_DIR")
+    plan = Plan(args.program, args.per_diagnosis, str(Path(data_dir).resolve()) if data_dir else None, args.quick)
+    console = Console(highlight=False)
+    report = run_bench(plan, progress=lambda line: console.print(line, style="dim"))
+    console.print(render_table(report))
+    markdown = write_report(report, args.out)
+    console.print(f"runtime {report.runtime_s:.0f} s; wrote {args.out} and {markdown}")
+    return 1 if any(row.ratio is None for row in report.rows) else 0
+
+
 COMMANDS: dict[str, Command] = {
     "sync": Command("Upload spooled session bundles to MLflow", _configure_sync, _run_sync),
     "report": Command(
@@ -154,6 +181,7 @@ COMMANDS: dict[str, Command] = {
     "promote": Command("Make a session's programs the champions, if every gate passed", _configure_promote,
                        _run_promote),
     "rollback": Command("Restore the previous champion of a program", _configure_rollback, _run_rollback),
+    "bench": Command("Measure the harness against baselines and print the ratios", _configure_bench, _run_bench),
 }
 
 

@@ -124,7 +124,9 @@ def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, 
 
         engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
         return dspy.LM(f"mlx/{engine.name}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
-    extra = {"api_base": spec.api_base} if spec.api_base else {}
+    extra: dict[str, Any] = {"api_base": spec.api_base} if spec.api_base else {}
+    if spec.api_base and spec.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
+        extra["api_key"] = "local-server"  # an OpenAI-compatible local server wants some key, never a real one
     return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=2, **extra, **kwargs)
 
 

@@ -145,6 +145,24 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def resolve_target(target: str, *, cache_dir: Path | None = None) -> tuple[str, str]:
+    """``(model path or hub id, short name)`` of an ``mlx:`` target; ``smollm2`` is converted once."""
+    _require_mlx()
+    if target == "smollm2":
+        from evals.gguf_to_mlx import convert_cached
+        from evals.lm import smollm2_path
+
+        root = cache_dir or Path(os.environ.get("EVALS_CACHE_DIR") or Path.cwd() / ".evals" / "cache")
+        return str(convert_cached(smollm2_path(), root / "mlx")), "smollm2"
+    path = Path(target).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), path.resolve().name
+    if target.startswith((".", "/", "~")) or target.count("/") != 1:
+        # A hub id is exactly "owner/name"; anything else was meant as a directory.
+        raise ConfigError(f"LM 'mlx:{target}': {path} is not an MLX model directory")
+    return target, target.replace("/", "--")
+
+
 class MLXEngine:
     """``complete(Request) -> Response`` over one in-process mlx-lm model."""
 
@@ -177,20 +195,8 @@ class MLXEngine:
         Raises:
             ConfigError: mlx-lm is missing or the model cannot be loaded.
         """
-        _require_mlx()
-        if target == "smollm2":
-            from evals.gguf_to_mlx import convert_cached
-            from evals.lm import smollm2_path
-
-            root = cache_dir or Path(os.environ.get("EVALS_CACHE_DIR") or Path.cwd() / ".evals" / "cache")
-            engine = cls(str(convert_cached(smollm2_path(), root / "mlx")), name="smollm2")
-        elif (path := Path(target).expanduser()).is_dir():
-            engine = cls(str(path.resolve()), name=path.resolve().name)
-        elif target.startswith((".", "/", "~")) or target.count("/") != 1:
-            # A hub id is exactly "owner/name"; anything else was meant as a directory.
-            raise ConfigError(f"LM 'mlx:{target}': {path} is not an MLX model directory")
-        else:
-            engine = cls(target, name=target.replace("/", "--"))
+        model_path, name = resolve_target(target, cache_dir=cache_dir)
+        engine = cls(model_path, name=name)
         engine.load(spec=f"mlx:{target}")
         return engine
 

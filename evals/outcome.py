@@ -60,10 +60,12 @@ def summarize(session: EvalsSession) -> SessionSummary:
     """Aggregate the gathered records and check them against thresholds.yaml."""
     records = sorted(session.state.records, key=lambda r: (r.program, r.example_id))
     metrics = aggregate(records)
-    thresholds = session.thresholds()
+    thresholds, problem = _thresholds_or_defaults(session)
     checks = {name: check_program(m, thresholds.for_program(name)) for name, m in metrics.items()}
     # Per-diagnosis floors already failed their own tests; the session gate adds the aggregates.
     error_lines = [describe(c) for cs in checks.values() for c in cs if c.failed and c.metric in SESSION_METRICS]
+    if problem:
+        return _unchecked_summary(session, records, metrics, problem)
     regression = check_regressions(session, records)
     params = _session_params(session)
     program_params = _program_params(session, metrics, records, params)
@@ -82,6 +84,26 @@ def summarize(session: EvalsSession) -> SessionSummary:
         drift=drift,
         robustness=robustness,
     )
+
+
+def _thresholds_or_defaults(session: EvalsSession) -> tuple[Any, str | None]:
+    """The session's thresholds; when they cannot be read, all-default limits and the reason."""
+    from evals.errors import ConfigError
+    from evals.thresholds import parse_thresholds
+
+    try:
+        return session.thresholds(), None
+    except ConfigError as exc:
+        return parse_thresholds({"version": 1}, "<defaults>", session.known_program_names()), str(exc)
+
+
+def _unchecked_summary(session: EvalsSession, records: list[ExampleRecord], metrics: dict[str, ProgramMetrics],
+                       problem: str) -> SessionSummary:
+    """Keep and report what was gathered even though the gate could not run."""
+    params = _session_params(session)
+    return SessionSummary(records=records, metrics=metrics, checks={name: [] for name in metrics},
+                          error_lines=[problem], incomplete=_incomplete_reasons(session, records), params=params,
+                          program_params=_program_params(session, metrics, records, params))
 
 
 def _incomplete_reasons(session: EvalsSession, records: list[ExampleRecord]) -> list[str]:
@@ -114,7 +136,7 @@ def _session_params(session: EvalsSession) -> dict[str, str]:
         "sample.seed": str(settings["seed"]),
         "sample.examples": str(len(session.examples())),
         "thresholds.path": str(settings.path("thresholds")),
-        "thresholds.sha256": session.thresholds().sha256,
+        "thresholds.sha256": _thresholds_or_defaults(session)[0].sha256,
         "xdist.workers": str(len(session.state.worker_outputs) or 1),
     }
     params.update(environment_params(settings.rootdir))

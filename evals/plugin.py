@@ -40,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     from evals.session import EvalsSession
 
+    # litellm would fetch its model cost map from the network at first use; offline that is a slow failure.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
     config.addinivalue_line("markers", "evals: an eval suite test that runs a real LM")
     config.addinivalue_line("markers", "slow: a slow harness test (real mlx-lm calls and the like)")
     config.addinivalue_line("markers", "robustness: a metamorphic robustness suite (select with -m robustness)")

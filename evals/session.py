@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,11 +145,32 @@ class EvalsSession:
         return self._cache["thresholds"]
 
     def lm_spec(self) -> Any:
+        """The LM spec; with --evals-lm-server, the session's shared server instead of an in-process model."""
         from evals.lm import parse_lm_spec
 
         s = self.settings
-        return parse_lm_spec(s["lm"], temperature=s["temperature"], max_tokens=s["max-tokens"],
-                             api_base=s["lm-api-base"], timeout_s=s["timeout"])
+        spec, api_base = s["lm"], s["lm-api-base"]
+        server = self.config.workerinput.get("evals_lm_server") if self.is_worker else self.lm_server_address()
+        if server:
+            spec, api_base = server["spec"], server["api_base"]
+        return parse_lm_spec(spec, temperature=s["temperature"], max_tokens=s["max-tokens"], api_base=api_base,
+                             timeout_s=s["timeout"])
+
+    def lm_server_address(self) -> dict[str, str] | None:
+        server = self._cache.get("lm_server")
+        return {"spec": server.spec(), "api_base": server.api_base} if server else None
+
+    def start_lm_server(self) -> None:
+        """Controller: start the shared model server before any worker (``--evals-lm-server``)."""
+        from evals.lm import parse_lm_spec
+        from evals.lm_server import start_mlx_server
+        from evals.mlx_engine import resolve_target
+
+        spec = parse_lm_spec(self.settings["lm"])
+        if spec.backend != "mlx":
+            raise ConfigError(f"--evals-lm-server starts an mlx_lm server: use an mlx: LM spec, not {spec.spec!r}")
+        model, _ = resolve_target(spec.model, cache_dir=self.settings.path("cache-dir"))
+        self._cache["lm_server"] = start_mlx_server(Path(model), self.settings.path("cache-dir") / "logs")
 
     def lm(self) -> Any:
         """Build the LM once per process and make it dspy's default, with the JSON adapter."""
@@ -295,6 +317,7 @@ class EvalsSession:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["evals_session_id"] = self.session_id
+        node.workerinput["evals_lm_server"] = self.lm_server_address()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -306,9 +329,12 @@ class EvalsSession:
 
     # ----- hooks -----
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
+        if self.settings["lm-server"]:
+            self.start_lm_server()
         # Fail fast, before any worker starts or any LM call: bad program names, a bad thresholds.yaml.
         if self.settings["programs"] or self.settings.path("optimizers").exists():
             self.program_names()
@@ -356,6 +382,11 @@ class EvalsSession:
                 self.state.interrupted = True
                 self.summary = summarize(self)
             write_and_log(self, self.summary)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        server = self._cache.pop("lm_server", None)
+        if server is not None:
+            server.stop()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or self.summary is None:

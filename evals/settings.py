@@ -94,6 +94,8 @@ def _names(text: str) -> tuple[str, ...]:
 OPTIONS: tuple[Option, ...] = (
     Option("lm", "smollm2", "LM spec: smollm2, llamacpp:PATH.gguf, mlx:smollm2|DIR|HF-ID or provider/model"),
     Option("lm-api-base", None, "Base URL of an OpenAI-compatible server for a provider/model LM"),
+    Option("lm-server", "false", "Start one mlx_lm server for the session and point every worker at it "
+           "(mlx: specs)", _bool, flag=True),
     Option("temperature", "0", "Sampling temperature of the LM", _temperature),
     Option("max-tokens", "384", "Completion token budget per LM call", _positive_int),
     Option("timeout", "120", "Seconds before one LM call times out", _positive_float),

@@ -1,0 +1,192 @@
+"""The bench's pure helpers: goals, rendering, the /proc memory sampler, the synthetic upload (no LM)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evals.bench import (
+    QUICK_DIAGNOSES,
+    BenchError,
+    BenchReport,
+    Goal,
+    Plan,
+    Row,
+    TreeSampler,
+    _children_by_ppid,
+    _row,
+    build_synthetic_bundle,
+    children,
+    format_value,
+    ratio,
+    render_markdown,
+    render_table,
+    run_process,
+    synthetic_records,
+    write_report,
+)
+
+HOLD_50MB = "import time; x=bytearray(50_000_000); time.sleep(1)"
+MACHINE = {"nproc": 2, "cpu": "Test CPU", "ram_gib": 8.0, "load_start": 0.5, "load_end": 0.7}
+
+
+@pytest.mark.parametrize(
+    ("goal", "value", "met"),
+    [
+        (Goal("<=", 1.05), 1.05, True),
+        (Goal("<=", 1.05), 1.06, False),
+        (Goal(">=", 1.6), 1.7, True),
+        (Goal(">=", 1.6), 1.2, False),
+        (Goal("<", 3.0), 3.0, False),
+        (Goal("<", 3.0), 1.1, True),
+        (Goal("<=", 0.05), None, None),
+    ],
+)
+def test_goal_judges_a_ratio(goal: Goal, value: float | None, met: bool | None) -> None:
+    assert goal.met(value) is met
+
+
+def test_goal_reads_as_a_bound() -> None:
+    assert [str(Goal("<=", 1.05)), str(Goal(">=", 1.6)), str(Goal("<", 3.0))] == ["≤ 1.05", "≥ 1.6", "< 3"]
+
+
+def test_ratio_is_none_without_a_baseline() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(3.0, 0.0) is None
+    assert ratio(None, 2.0) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "text"),
+    [
+        ("harness_s", 12.34, "harness 12.3 s"),
+        ("auto_rss_mib", 1234.4, "auto rss 1,234 MiB"),
+        ("plain_engine_share", 0.853, "plain engine share 85%"),
+        ("engine_tokens_per_s", 1234.5, "engine tokens 1,234/s"),
+        ("evaluate_examples_per_s", 0.456, "evaluate examples 0.46/s"),
+        ("harness_accuracy", 0.04545, "harness accuracy 0.045"),
+        ("client_calls_1k", 18.0, "client calls 1k 18"),
+    ],
+)
+def test_values_render_with_their_unit(key: str, value: float, text: str) -> None:
+    assert format_value(key, value) == text
+
+
+def report() -> BenchReport:
+    rows = [
+        Row("harness overhead", {"harness_s": 11.0, "plain_s": 10.0}, 1.1, Goal("<=", 1.05), "harness / plain"),
+        Row("-n 2 vs -n 0", {"n0_s": 20.0, "n2_s": 11.0}, 20 / 11, Goal(">=", 1.6)),
+        _row("prompt tokens/s", Goal(">=", 0.8), lambda: (_ for _ in ()).throw(BenchError("probe exited 1"))),
+    ]
+    return BenchReport(MACHINE, {"program": "zero_shot", "quick": True}, rows, 42.0)
+
+
+def test_markdown_has_one_line_per_row_with_ratio_goal_and_verdict() -> None:
+    markdown = render_markdown(report())
+    assert "2 cores (Test CPU), 8.0 GiB RAM" in markdown
+    assert "| harness overhead | harness 11.0 s; plain 10.0 s; harness / plain | 1.100 | ≤ 1.05 | no |" in markdown
+    assert "| -n 2 vs -n 0 | n0 20.0 s; n2 11.0 s | 1.818 | ≥ 1.6 | yes |" in markdown
+    assert "| prompt tokens/s | not measured: probe exited 1 | n/a | ≥ 0.8 | n/a |" in markdown
+
+
+def test_rich_table_shows_every_row() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(render_table(report()))
+    text = console.export_text()
+    for expected in ("harness overhead", "1.100", "1.818", "yes", "no", "not measured: probe exited 1"):
+        assert expected in text
+
+
+def test_write_report_writes_json_and_markdown_side_by_side(tmp_path: Path) -> None:
+    import json
+
+    markdown = write_report(report(), tmp_path / "out" / "bench.json")
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert markdown == tmp_path / "out" / "bench.md"
+    assert [row["met"] for row in data["rows"]] == [False, True, None]
+    assert data["rows"][0]["values"] == {"harness_s": 11.0, "plain_s": 10.0}
+
+
+def test_quick_plan_names_eight_tests() -> None:
+    plan = Plan("zero_shot", 2, None, quick=True)
+    assert len(QUICK_DIAGNOSES) == 8 and plan.examples == 16
+    assert plan.targets()[2] == "suites/test_diagnosis.py::test_diagnosis[zero_shot-cervical_spondylosis]"
+    assert Plan("zero_shot", 1, None, quick=False).targets() == ["suites"]
+
+
+def test_sampler_sees_the_memory_of_a_child() -> None:
+    process = subprocess.Popen([sys.executable, "-c", HOLD_50MB])
+    with TreeSampler(process.pid, interval_s=0.05) as sampler:
+        process.wait()
+    assert sampler.peak_rss_kib / 1024 >= 45
+    assert sampler.peak_processes == 1
+
+
+def test_sampler_follows_the_tree_down_to_grandchildren() -> None:
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HOLD_50MB!r}])"
+    process = subprocess.Popen([sys.executable, "-c", parent])
+    with TreeSampler(process.pid, interval_s=0.05) as sampler:
+        process.wait()
+    assert sampler.peak_processes == 2
+    assert sampler.peak_rss_kib / 1024 >= 45
+    assert sampler.peak_pss_kib / 1024 >= 45
+
+
+def test_children_file_and_ppid_scan_agree() -> None:
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HOLD_50MB!r}])"
+    process = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        for _ in range(100):
+            found = children(process.pid)
+            if found:
+                break
+            subprocess.run(["sleep", "0.02"])
+        assert len(found) == 1
+        assert _children_by_ppid(process.pid) == found
+    finally:
+        process.wait()
+
+
+def test_run_process_times_a_command_without_the_evals_environment(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVALS_NO_CACHE", "1")
+    script = "import os, sys; sys.exit(3 if 'EVALS_NO_CACHE' in os.environ else 0)"
+    run = run_process([sys.executable, "-c", script], tmp_path / "log.txt", cwd=tmp_path)
+    assert run.returncode == 0
+    assert run.wall_s > 0 and run.peak_processes >= 1
+
+
+def test_synthetic_records_are_seeded() -> None:
+    records = synthetic_records(100)
+    assert len(records) == 300
+    assert records == synthetic_records(100)
+    assert {r.program for r in records} == {"zero_shot", "chain_of_thought", "knn_few_shot"}
+    assert 0.4 < sum(r.correct for r in records) / len(records) < 0.8
+
+
+def test_synthetic_bundle_uploads_as_one_parent_run_with_artifacts(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from evals.tracking import PARENT_TAG, SESSION_TAG, upload_bundle
+
+    bundle = build_synthetic_bundle(tmp_path / "bundle", 1_000)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = upload_bundle(bundle, uri)
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("symptom-diagnosis-evals").experiment_id])
+    parents = [run for run in runs if PARENT_TAG not in run.data.tags]
+    assert [run.info.run_id for run in parents] == [run_id]
+    assert SESSION_TAG in parents[0].data.tags and parents[0].info.status == "FINISHED"
+    assert sorted(run.data.tags["mlflow.runName"] for run in runs if PARENT_TAG in run.data.tags) == [
+        "chain_of_thought", "knn_few_shot", "zero_shot"]
+    assert parents[0].data.metrics["zero_shot.n"] == 1_000
+    artifacts = {artifact.path for artifact in client.list_artifacts(run_id)}
+    assert {"predictions.csv", "predictions.parquet", "report.html", "confusion_zero_shot.png"} <= artifacts
+    child = next(run for run in runs if run.data.tags.get("mlflow.runName") == "zero_shot")
+    assert "predictions.csv" in {artifact.path for artifact in client.list_artifacts(child.info.run_id)}
