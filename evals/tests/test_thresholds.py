@@ -197,8 +197,13 @@ def test_empty_file(tmp_path: Path, text: str) -> None:
 
 
 def test_real_thresholds_file_loads() -> None:
-    thresholds = load_thresholds(REPO_THRESHOLDS, PROGRAMS)
-    assert set(thresholds.programs) == PROGRAMS
+    """The repository's thresholds.yaml, with the names the session allows (programs and program+optimizer)."""
+    from programs.optimizers import load_setup
+
+    optimizers = load_setup(REPO_THRESHOLDS.parent / "programs" / "optimizers.yaml", PROGRAMS).optimizers
+    known = [*PROGRAMS, *(f"{p}+{o}" for p in PROGRAMS for o in optimizers)]
+    thresholds = load_thresholds(REPO_THRESHOLDS, known)
+    assert set(thresholds.programs) == PROGRAMS | {"zero_shot+knn_few_shot"}
     assert thresholds.for_program("knn_few_shot").min_accuracy == 0.30
     assert thresholds.default.max_invalid_rate == 0.10
     assert thresholds.default.max_p95_latency_ms == 60000
