@@ -150,7 +150,8 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", default="zero_shot", help="Program to measure (default: %(default)s)")
     parser.add_argument("--per-diagnosis", type=positive_int, default=1,
                         help="Examples per diagnosis (default: %(default)s)")
-    parser.add_argument("--data-dir", type=Path, help="Local dataset directory (default: $EVALS_DATA_DIR, else the Hub)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="Local dataset directory (default: $EVALS_DATA_DIR, else the Hub)")
     parser.add_argument("--quick", action="store_true", help="Measure on 8 of the 22 diagnoses")
     parser.add_argument("--out", type=Path, default=Path(".evals/bench.json"),
                         help="JSON result; the Markdown table goes next to it as .md (default: %(default)s)")
@@ -165,7 +166,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     get_program(args.program)  # an unknown name is one line now, not seven failed measurements later
     data_dir = args.data_dir or os.environ.get("EVALS_DATA_DIR")
     plan = Plan(args.program, args.per_diagnosis, str(Path(data_dir).resolve()) if data_dir else None, args.quick)
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     report = run_bench(plan, progress=lambda line: console.print(line, style="dim"))
     console.print(render_table(report))
     markdown = write_report(report, args.out)

@@ -372,11 +372,20 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
         rows = list(csv.DictReader(handle))
     if len(rows) != plan.examples:
         raise BenchError(f"pytest -n {workers} recorded {len(rows)} examples, expected {plan.examples} ({run.log})")
-    return HarnessRun(run, len(rows), sum(r["correct"] == "True" for r in rows), sum(r["cached"] == "True" for r in rows),
+    return HarnessRun(run, len(rows), sum(r["correct"] == "True" for r in rows),
+                      sum(r["cached"] == "True" for r in rows),
                       sum(float(r["latency_ms"]) for r in rows) / 1000)
 
 
-def run_child(kind: str, job: dict[str, Any], work: Path) -> tuple[ProcessRun, dict[str, Any]]:
+@dataclass(frozen=True)
+class ChildRun:
+    """A ``child_*`` function's run and the JSON it returned."""
+
+    process: ProcessRun
+    result: dict[str, Any]
+
+
+def run_child(kind: str, job: dict[str, Any], work: Path) -> ChildRun:
     """Run ``child_<kind>(job)`` in a fresh interpreter; return its run and its result."""
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file = work / f"{kind}-job.json", work / f"{kind}-result.json"
@@ -385,7 +394,7 @@ def run_child(kind: str, job: dict[str, Any], work: Path) -> tuple[ProcessRun, d
                       work / f"{kind}.log")
     if run.returncode != 0 or not result_file.is_file():
         raise _failure(kind.replace("_", " "), run)
-    return run, json.loads(result_file.read_text())
+    return ChildRun(run, json.loads(result_file.read_text()))
 
 
 # ----- the children (run in fresh interpreters) -----
@@ -396,7 +405,8 @@ def _job_examples(job: dict[str, Any]) -> tuple[Any, list[Any]]:
     from evals.data import load_dataset, sample
 
     dataset = load_dataset(job["data_dir"], seed=SEED)
-    chosen = [e for e in sample(dataset.split("test"), job["per_diagnosis"], seed=SEED) if e.diagnosis in job["diagnoses"]]
+    sampled = sample(dataset.split("test"), job["per_diagnosis"], seed=SEED)
+    chosen = [e for e in sampled if e.diagnosis in job["diagnoses"]]
     return dataset, sorted(chosen, key=lambda e: (DIAGNOSES.index(e.diagnosis), e.id))
 
 
@@ -544,7 +554,8 @@ def count_client_calls() -> Iterator[dict[str, int]]:
 
     counts: dict[str, int] = {}
     depth = threading.local()
-    originals = {name: f for name, f in vars(MlflowClient).items() if inspect.isfunction(f) and not name.startswith("_")}
+    originals = {name: f for name, f in vars(MlflowClient).items()
+                 if inspect.isfunction(f) and not name.startswith("_")}
 
     def counting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -631,7 +642,8 @@ def build_synthetic_bundle(directory: Path, examples: int, programs: Sequence[st
     split = tuple(Example(r.example_id, r.symptoms, r.gold) for r in records if r.program == programs[0])
     session_id = uuid.UUID(int=random.Random(f"bundle:{examples}").getrandbits(128)).hex
     session = SyntheticSession(session_id, time.time(), resolve({}, {}, {}, ROOT), split, ControllerState())
-    params = {"lm.spec": "smollm2", "sample.examples": str(examples), "sample.seed": str(SEED), "dataset.source": "synthetic"}
+    params = {"lm.spec": "smollm2", "sample.examples": str(examples), "sample.seed": str(SEED),
+              "dataset.source": "synthetic"}
     summary = SessionSummary(records=records, metrics=metrics, checks={name: [] for name in metrics}, error_lines=[],
                              incomplete=[], params=params,
                              program_params={name: {"program.name": name, "program.base": name} for name in metrics})
@@ -642,23 +654,28 @@ def build_synthetic_bundle(directory: Path, examples: int, programs: Sequence[st
 # ----- the rows -----
 
 
-def _overhead(plan: Plan, harness: HarnessRun, plain: tuple[ProcessRun, dict[str, Any]]) -> Row:
-    run, result = plain
-    values = {"harness_s": harness.process.wall_s, "plain_s": run.wall_s,
-              "overhead_s": harness.process.wall_s - run.wall_s,
-              "harness_lm_call_share": harness.lm_call_s / harness.process.wall_s,
-              "plain_lm_call_share": result["lm_call_s"] / run.wall_s, "plain_engine_share": result["engine_s"] / run.wall_s}
-    return Row(f"harness overhead (-n 0, {plan.examples} examples)", values, ratio(harness.process.wall_s, run.wall_s),
-               Goal("<=", 1.05), "harness / plain loop wall time")
+def mean_wall(runs: Sequence[HarnessRun | ChildRun]) -> float:
+    return statistics.mean(run.process.wall_s for run in runs)
 
 
-def _versus_evaluate(plan: Plan, harness: HarnessRun, evaluate: tuple[ProcessRun, dict[str, Any]]) -> Row:
-    run, result = evaluate
-    values = {"harness_examples_per_s": plan.examples / harness.process.wall_s,
-              "evaluate_examples_per_s": plan.examples / run.wall_s,
-              "harness_accuracy": harness.correct / plan.examples, "evaluate_accuracy": result["accuracy"]}
-    return Row("harness -n 2 vs dspy.Evaluate(num_threads=2)", values, ratio(run.wall_s, harness.process.wall_s),
-               Goal(">=", 1.0), "throughput ratio; aim 1.5")
+def _overhead(plan: Plan, harness: Sequence[HarnessRun], plain: Sequence[ChildRun]) -> Row:
+    harness_s, plain_s = mean_wall(harness), mean_wall(plain)
+    values = {"harness_s": harness_s, "plain_s": plain_s, "overhead_s": harness_s - plain_s,
+              "harness_lm_call_share": sum(r.lm_call_s for r in harness) / (harness_s * len(harness)),
+              "plain_lm_call_share": sum(r.result["lm_call_s"] for r in plain) / (plain_s * len(plain)),
+              "plain_engine_share": sum(r.result["engine_s"] for r in plain) / (plain_s * len(plain))}
+    return Row(f"harness overhead (-n 0, {plan.examples} examples)", values, ratio(harness_s, plain_s),
+               Goal("<=", 1.05), f"harness / plain loop wall time; {_runs(harness)}")
+
+
+def _versus_evaluate(plan: Plan, harness: Sequence[HarnessRun], evaluate: Sequence[ChildRun]) -> Row:
+    harness_s, evaluate_s = mean_wall(harness), mean_wall(evaluate)
+    values = {"harness_examples_per_s": plan.examples / harness_s,
+              "evaluate_examples_per_s": plan.examples / evaluate_s,
+              "harness_accuracy": harness[0].correct / plan.examples,
+              "evaluate_accuracy": evaluate[0].result["accuracy"]}
+    return Row("harness -n 2 vs dspy.Evaluate(num_threads=2)", values, ratio(evaluate_s, harness_s), Goal(">=", 1.0),
+               f"throughput ratio, aim 1.5; {_runs(harness)}")
 
 
 def _warm(cold: HarnessRun, warm: HarnessRun) -> Row:
@@ -669,29 +686,30 @@ def _warm(cold: HarnessRun, warm: HarnessRun) -> Row:
                Goal("<=", 0.05), note)
 
 
-def _parallel(serial: HarnessRun, parallel: HarnessRun) -> Row:
-    values = {"n0_s": serial.process.wall_s, "n2_s": parallel.process.wall_s}
-    return Row("-n 2 vs -n 0 (cold, cache off)", values, ratio(serial.process.wall_s, parallel.process.wall_s),
-               Goal(">=", 1.6), "speedup")
+def _parallel(serial: Sequence[HarnessRun], parallel: Sequence[HarnessRun]) -> Row:
+    values = {"n0_s": mean_wall(serial), "n2_s": mean_wall(parallel)}
+    return Row("-n 2 vs -n 0 (cold, cache off)", values, ratio(values["n0_s"], values["n2_s"]), Goal(">=", 1.6),
+               f"speedup; {_runs(serial)}")
 
 
 def _prompt_rate(result: dict[str, Any]) -> Row:
     engine, low_level = result["prompt_tokens"] / result["engine_s"], result["prompt_tokens"] / result["eval_s"]
     values = {"engine_tokens_per_s": engine, "llama_eval_tokens_per_s": low_level,
               "prompt_tokens": float(result["prompt_tokens"]), "threads_batch": float(result["threads"])}
-    note = "" if result["same_tokens"] else "re-tokenized prompt differs from the engine's tokens"
+    note = f"median of {PROMPT_REPEATS}, interleaved"
+    note += "" if result["same_tokens"] else "; re-tokenized prompt differs from the engine's tokens"
     return Row("prompt tokens/s: engine vs llama.cpp eval", values, ratio(engine, low_level), Goal(">=", 0.8), note)
 
 
-def _memory(serial: HarnessRun, auto: HarnessRun) -> Row:
+def _memory(serial: Sequence[HarnessRun], auto: HarnessRun) -> Row:
     workers = max(auto.process.peak_processes - 1, 1)
-    values = {"auto_rss_mib": auto.process.peak_rss_mib, "n0_rss_mib": serial.process.peak_rss_mib,
-              "auto_pss_mib": auto.process.peak_pss_mib, "n0_pss_mib": serial.process.peak_pss_mib,
+    serial_rss = max(run.process.peak_rss_mib for run in serial)
+    values = {"auto_rss_mib": auto.process.peak_rss_mib, "n0_rss_mib": serial_rss,
+              "auto_pss_mib": auto.process.peak_pss_mib, "n0_pss_mib": max(run.process.peak_pss_mib for run in serial),
               "auto_workers": float(workers)}
     # No process of the tree should need more than the whole single-process run: controller + workers.
-    return Row("peak RSS -n auto vs -n 0 (process tree)", values,
-               ratio(auto.process.peak_rss_mib, serial.process.peak_rss_mib), Goal("<=", workers + 1.0),
-               "sum of RSS; goal: at most one -n 0 process per process")
+    return Row("peak RSS -n auto vs -n 0 (process tree)", values, ratio(auto.process.peak_rss_mib, serial_rss),
+               Goal("<=", workers + 1.0), "sum of RSS; goal: at most one -n 0 process per process")
 
 
 def _upload(result: dict[str, Any]) -> Row:
@@ -699,53 +717,68 @@ def _upload(result: dict[str, Any]) -> Row:
     values = {"upload_1k_s": small["upload_s"], "upload_10k_s": large["upload_s"],
               "artifacts_1k_mib": small["artifacts_mib"], "artifacts_10k_mib": large["artifacts_mib"],
               "client_calls_1k": float(small["client_calls"]), "client_calls_10k": float(large["client_calls"])}
-    note = f"{len(SYNTHETIC_PROGRAMS)} programs per example; flag at >= 3"
+    note = f"{len(SYNTHETIC_PROGRAMS)} programs per example, median of {UPLOAD_REPEATS}; flag at >= 3"
     return Row("MLflow upload 10k vs 1k examples", values, ratio(large["upload_s"], small["upload_s"]), Goal("<", 3.0),
                note)
 
 
-def _failed(name: str, goal: Goal, exc: Exception) -> Row:
-    return Row(name, {}, None, goal, f"not measured: {exc}")
+def _runs(runs: Sequence[Any]) -> str:
+    return f"mean of {len(runs)} runs each, in palindromic order"
 
 
 # ----- the whole bench -----
 
+PAIRED = ("n0", "plain", "evaluate", "n2")
+ORDER = ("prompt", *PAIRED, *reversed(PAIRED), "cold", "warm", "auto", "upload")
+"""The compared runs go forth and back, so a steady change of machine load weighs on both sides alike."""
+
+
+def _measures(plan: Plan, work: Path) -> dict[str, tuple[str, Callable[[Path], Any]]]:
+    """What each step of :data:`ORDER` runs, given its own fresh directory."""
+    return {
+        "prompt": ("prompt tokens/s probe", lambda d: run_child("prompt_rate", plan.job(), d).result),
+        "n0": ("pytest -n 0, cache off", lambda d: run_harness(plan, d, "0", cache=False)),
+        "plain": ("plain loop", lambda d: run_child("plain_loop", plan.job(), d)),
+        "evaluate": ("dspy.Evaluate(num_threads=2)", lambda d: run_child("dspy_evaluate", plan.job(), d)),
+        "n2": ("pytest -n 2, cache off", lambda d: run_harness(plan, d, "2", cache=False)),
+        "cold": ("pytest -n 2, caches on, cold", lambda d: run_harness(plan, d, "2", cache=True)),
+        "warm": ("pytest -n 2, caches on, warm (the cold run's caches)",
+                 lambda d: run_harness(plan, d, "2", cache=True, cache_dir=work / "cold-1" / "cache")),
+        "auto": ("pytest -n auto, cache off", lambda d: run_harness(plan, d, "auto", cache=False)),
+        "upload": ("MLflow uploads of 1k and 10k examples",
+                   lambda d: run_child("mlflow_upload", {"sizes": list(UPLOAD_SIZES)}, d).result),
+    }
+
 
 def run_bench(plan: Plan, progress: Callable[[str], None] = print) -> BenchReport:
-    """Take every measurement in a fixed order and return the rows."""
+    """Take every measurement in :data:`ORDER` and return the rows."""
     started, machine = time.perf_counter(), machine_info()
-    results: dict[str, Any] = {}
+    results: dict[str, list[Any] | BenchError] = {}
     with tempfile.TemporaryDirectory(prefix="evals-bench-") as tmp:
-        work = Path(tmp)
-        steps: list[tuple[str, str, Callable[[], Any]]] = [
-            ("prompt", "prompt tokens/s probe", lambda: run_child("prompt_rate", plan.job(), work / "prompt")[1]),
-            ("n0", "pytest -n 0, cache off", lambda: run_harness(plan, work / "n0", "0", cache=False)),
-            ("plain", "plain loop", lambda: run_child("plain_loop", plan.job(), work / "plain")),
-            ("evaluate", "dspy.Evaluate(num_threads=2)", lambda: run_child("dspy_evaluate", plan.job(), work / "evaluate")),
-            ("n2", "pytest -n 2, cache off", lambda: run_harness(plan, work / "n2", "2", cache=False)),
-            ("cold", "pytest -n 2, caches on, cold", lambda: run_harness(plan, work / "cold", "2", cache=True)),
-            ("warm", "pytest -n 2, caches on, warm (the cold run's caches)",
-             lambda: run_harness(plan, work / "warm", "2", cache=True, cache_dir=work / "cold" / "cache")),
-            ("auto", "pytest -n auto, cache off", lambda: run_harness(plan, work / "auto", "auto", cache=False)),
-            ("upload", "MLflow uploads of 1k and 10k examples",
-             lambda: run_child("mlflow_upload", {"sizes": list(UPLOAD_SIZES)}, work / "upload")[1]),
-        ]
-        for index, (key, what, measure) in enumerate(steps, start=1):
-            progress(f"[{index}/{len(steps)}] {what}")
+        measures = _measures(plan, Path(tmp))
+        for index, key in enumerate(ORDER, start=1):
+            what, measure = measures[key]
+            progress(f"[{index}/{len(ORDER)}] {what}")
+            done = results.setdefault(key, [])
+            if isinstance(done, BenchError):
+                continue
             try:
-                results[key] = measure()
+                done.append(measure(Path(tmp) / f"{key}-{len(done) + 1}"))
             except Exception as exc:  # one failed measurement leaves its rows unmeasured, not the bench
                 results[key] = BenchError(str(exc))
                 progress(f"    failed: {exc}")
     rows = [
-        _row("harness overhead", Goal("<=", 1.05), lambda: _overhead(plan, _got(results, "n0"), _got(results, "plain"))),
+        _row("harness overhead", Goal("<=", 1.05),
+             lambda: _overhead(plan, _got(results, "n0"), _got(results, "plain"))),
         _row("harness vs dspy.Evaluate", Goal(">=", 1.0),
              lambda: _versus_evaluate(plan, _got(results, "n2"), _got(results, "evaluate"))),
-        _row("warm re-run vs cold", Goal("<=", 0.05), lambda: _warm(_got(results, "cold"), _got(results, "warm"))),
+        _row("warm re-run vs cold", Goal("<=", 0.05),
+             lambda: _warm(_got(results, "cold")[0], _got(results, "warm")[0])),
         _row("-n 2 vs -n 0", Goal(">=", 1.6), lambda: _parallel(_got(results, "n0"), _got(results, "n2"))),
-        _row("prompt tokens/s", Goal(">=", 0.8), lambda: _prompt_rate(_got(results, "prompt"))),
-        _row("peak RSS -n auto vs -n 0", Goal("<=", 3.0), lambda: _memory(_got(results, "n0"), _got(results, "auto"))),
-        _row("MLflow upload 10k vs 1k", Goal("<", 3.0), lambda: _upload(_got(results, "upload"))),
+        _row("prompt tokens/s", Goal(">=", 0.8), lambda: _prompt_rate(_got(results, "prompt")[0])),
+        _row("peak RSS -n auto vs -n 0", Goal("<=", 3.0),
+             lambda: _memory(_got(results, "n0"), _got(results, "auto")[0])),
+        _row("MLflow upload 10k vs 1k", Goal("<", 3.0), lambda: _upload(_got(results, "upload")[0])),
     ]
     machine["load_end"] = os.getloadavg()[0]
     options = {"program": plan.program, "per_diagnosis": plan.per_diagnosis, "examples": plan.examples,
@@ -753,7 +786,7 @@ def run_bench(plan: Plan, progress: Callable[[str], None] = print) -> BenchRepor
     return BenchReport(machine, options, rows, time.perf_counter() - started)
 
 
-def _got(results: dict[str, Any], key: str) -> Any:
+def _got(results: dict[str, list[Any] | BenchError], key: str) -> list[Any]:
     value = results[key]
     if isinstance(value, BenchError):
         raise value
@@ -765,6 +798,10 @@ def _row(name: str, goal: Goal, build: Callable[[], Row]) -> Row:
         return build()
     except Exception as exc:  # a missing measurement, or a result without a value the row needs
         return _failed(name, goal, exc if isinstance(exc, BenchError) else BenchError(f"{type(exc).__name__}: {exc}"))
+
+
+def _failed(name: str, goal: Goal, exc: Exception) -> Row:
+    return Row(name, {}, None, goal, f"not measured: {exc}")
 
 
 def write_report(report: BenchReport, out: Path) -> Path:

@@ -9,14 +9,21 @@ from pathlib import Path
 import pytest
 
 from evals.bench import (
+    ORDER,
+    PAIRED,
     QUICK_DIAGNOSES,
     BenchError,
     BenchReport,
+    ChildRun,
     Goal,
+    HarnessRun,
     Plan,
+    ProcessRun,
     Row,
     TreeSampler,
     _children_by_ppid,
+    _overhead,
+    _parallel,
     _row,
     build_synthetic_bundle,
     children,
@@ -115,8 +122,27 @@ def test_write_report_writes_json_and_markdown_side_by_side(tmp_path: Path) -> N
 def test_quick_plan_names_eight_tests() -> None:
     plan = Plan("zero_shot", 2, None, quick=True)
     assert len(QUICK_DIAGNOSES) == 8 and plan.examples == 16
-    assert plan.targets()[2] == "suites/test_diagnosis.py::test_diagnosis[zero_shot-cervical_spondylosis]"
+    assert plan.targets()[1] == "suites/test_diagnosis.py::test_diagnosis[zero_shot-cervical_spondylosis]"
     assert Plan("zero_shot", 1, None, quick=False).targets() == ["suites"]
+
+
+def test_compared_runs_go_forth_and_back() -> None:
+    paired = [key for key in ORDER if key in PAIRED]
+    assert paired == paired[::-1] and sorted(set(paired)) == sorted(PAIRED)
+
+
+def process(wall_s: float) -> ProcessRun:
+    return ProcessRun(wall_s, 0, 100.0, 80.0, 1, Path("log"))
+
+
+def test_rows_compare_the_mean_of_the_paired_runs() -> None:
+    plan = Plan("zero_shot", 1, None, quick=True)
+    harness = [HarnessRun(process(w), 8, 1, 0, 8.0) for w in (10.0, 12.0)]
+    plain = [ChildRun(process(w), {"lm_call_s": 9.0, "engine_s": 8.5}) for w in (9.0, 11.0)]
+    row = _overhead(plan, harness, plain)
+    assert row.ratio == pytest.approx(1.1) and row.met is False
+    assert row.values["harness_lm_call_share"] == pytest.approx(16 / 22)
+    assert _parallel(harness, [HarnessRun(process(w), 8, 1, 0, 8.0) for w in (6.0, 5.0)]).ratio == pytest.approx(2.0)
 
 
 def test_sampler_sees_the_memory_of_a_child() -> None:
