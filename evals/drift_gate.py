@@ -123,7 +123,10 @@ def drift_section(outcome: DriftOutcome) -> Section | None:
     rows = []
     for program, report in outcome.reports.items():
         for row in report.as_rows():
-            rows.append((program, *(str(row.get(key, "")) for key in ("check", "value", "limit", "verdict"))))
+            value = row.get("value")
+            shown = f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+            rows.append((program, str(row.get("check", "")), shown, str(row.get("limit", "")),
+                         str(row.get("verdict", ""))))
     if not rows:
         return None
     return Section("Drift against recent sessions", ("program", "check", "value", "limit", "verdict"), tuple(rows))
