@@ -391,6 +391,6 @@ class EvalsSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or self.summary is None:
             return
-        from evals.outcome import render_summary
+        from evals.terminal import render_summary
 
         render_summary(self, self.summary, terminalreporter)

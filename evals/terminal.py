@@ -1,0 +1,57 @@
+"""Print a session's results in pytest's terminal summary."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from evals.bundle import sections
+
+if TYPE_CHECKING:
+    from evals.outcome import SessionSummary
+    from evals.report import Section
+    from evals.session import EvalsSession
+
+
+def render_summary(session: EvalsSession, summary: SessionSummary, terminalreporter: Any) -> None:
+    """Print the per-program tables, worst diagnoses, checks and where the results are."""
+    from rich.console import Console
+
+    from evals.report import ReportContext, render_terminal
+
+    html = summary.bundle_dir / "artifacts" / "report.html" if summary.bundle_dir else None
+    context = ReportContext(
+        title="symptom-diagnosis evals", params=summary.params, metrics=summary.metrics, checks=summary.checks,
+        records=summary.records, confusion_pngs={}, mlflow_hint=summary.mlflow_hint,
+        html_path=str(html) if html else None,
+    )
+    terminalreporter.section("symptom-diagnosis evals")
+    for name, params in summary.program_params.items():
+        if "compile.action" in params:
+            terminalreporter.write_line(
+                f"{name}: {params['compile.action']} ({params['compile.duration_s']} s, "
+                f"{params['compile.lm_calls']} LM calls; key {params['compile.key']})"
+            )
+    console = Console(file=terminalreporter._tw._file, width=max(terminalreporter._tw.fullwidth, 100),
+                      force_terminal=terminalreporter._tw.hasmarkup)
+    render_terminal(context, console)
+    for section in sections(summary):
+        _render_section(section, console)
+    for reason in summary.incomplete:
+        terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
+    for name, version in summary.registered.items():
+        terminalreporter.write_line(f"registered {name} version {version} as 'candidate'")
+    for line in summary.promotions:
+        terminalreporter.write_line(line, yellow="refused" in line, green="refused" not in line)
+    for note in summary.notes:
+        terminalreporter.write_line(f"WARNING: {note}", yellow=True)
+    for line in summary.error_lines:
+        terminalreporter.write_line(f"ERROR: {line}", red=True, bold=True)
+
+
+def _render_section(section: Section, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(*section.headers, title=section.title, title_justify="left")
+    for row in section.rows:
+        table.add_row(*row)
+    console.print(table)
