@@ -8,12 +8,26 @@ the harness is under test, not the model.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from evals.labels import DIAGNOSES
+
+SHARED_DATA = Path(
+    os.environ.get("EVALS_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "symptom_to_diagnosis"
+)
+"""The offline copy of the real dataset (CI and the README point EVALS_DATA_DIR at it)."""
+
+
+@pytest.fixture(autouse=True)
+def _isolated_from_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Harness tests configure their eval projects themselves: no EVALS_* or MLflow variable leaks in."""
+    for name in list(os.environ):
+        if name.startswith("EVALS_") or name in ("MLFLOW_TRACKING_URI", "GITHUB_STEP_SUMMARY"):
+            monkeypatch.delenv(name)
 
 SYMPTOM_WORDS = ("itchy", "burning", "sore", "swollen", "aching", "dizzy", "tired", "feverish")
 

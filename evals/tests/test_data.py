@@ -29,9 +29,9 @@ from evals.data import (
 )
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.tests.conftest import write_tiny_dataset
+from evals.tests.conftest import SHARED_DATA, write_tiny_dataset
 
-REAL_DATA = Path("/work/shared/data/symptom_to_diagnosis")
+REAL_DATA = SHARED_DATA
 TRAIN_ROWS, TEST_ROWS = 853, 212
 
 needs_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} is not available")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections import Counter
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evals.errors import ConfigError
+from evals.tests.conftest import SHARED_DATA
 from evals.labels import DIAGNOSES
 from evals.perturb import (
     FILLER_PREFIXES,
@@ -45,7 +45,7 @@ from evals.robustness import (
     stability,
 )
 
-REAL_TEST = Path(os.environ.get("EVALS_DATA_DIR") or "/work/shared/data/symptom_to_diagnosis") / "test.jsonl"
+REAL_TEST = SHARED_DATA / "test.jsonl"
 FALLBACK_TEXTS = (
     "I have a burning sensation in my stomach that comes and goes. It's worse when I eat and when I "
     "lie down. I also have heartburn and indigestion.",
