@@ -124,13 +124,14 @@ def _session_params(session: EvalsSession) -> dict[str, str]:
 
     settings = session.settings
     dataset = session.dataset()
+    splits = dataset.manifest()["splits"]  # hashes every split: compute it once
     params = {
         **session.lm_spec().params(),
         "dataset.source": dataset.source,
         "dataset.revision": str(dataset.revision),
         "dataset.split": settings["split"],
-        "dataset.fingerprint": dataset.manifest()["splits"][settings["split"]]["fingerprint"],
-        "dataset.train_fingerprint": dataset.manifest()["splits"]["train"]["fingerprint"],
+        "dataset.fingerprint": splits[settings["split"]]["fingerprint"],
+        "dataset.train_fingerprint": splits["train"]["fingerprint"],
         "sample.per_diagnosis": str(settings["per-diagnosis"] or "all"),
         "sample.seed": str(settings["seed"]),
         "sample.examples": str(len(session.examples())),
@@ -148,6 +149,7 @@ def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics], r
     from programs.optimizers import split_name
 
     registry, setup = session.registry(), session.optimizer_setup()
+    events = session.all_compile_events()
     params = {}
     for name in metrics:
         base, optimizer = split_name(name)
@@ -157,7 +159,7 @@ def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics], r
                         SAMPLE_PARAM: sample_fingerprint(mine), FINGERPRINT_PARAM: lm_fingerprint_of(session_params, mine)}
         if optimizer is not None:
             params[name].update(setup.optimizers[optimizer].loggable())
-            params[name].update(compile_params(name, session.all_compile_events()))
+            params[name].update(compile_params(name, events))
     return params
 
 

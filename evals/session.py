@@ -121,11 +121,13 @@ class EvalsSession:
         return self._cache["dataset"]
 
     def examples(self) -> tuple[Example, ...]:
-        """The sampled examples of the evaluated split."""
-        from evals.data import sample
+        """The sampled examples of the evaluated split (sampled once per process; every test reads it)."""
+        if "examples" not in self._cache:
+            from evals.data import sample
 
-        split = self.dataset().split(self.settings["split"])
-        return sample(split, self.settings["per-diagnosis"], seed=self.settings["seed"])
+            split = self.dataset().split(self.settings["split"])
+            self._cache["examples"] = sample(split, self.settings["per-diagnosis"], seed=self.settings["seed"])
+        return self._cache["examples"]
 
     def thresholds(self) -> Any:
         if "thresholds" not in self._cache:
