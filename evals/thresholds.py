@@ -11,7 +11,9 @@ The file says how good each program must be for the gate to pass::
         min_accuracy: 0.3
 
 Every problem raises :class:`~evals.errors.ConfigError` with one line naming the file, the
-key path, the value found and what is allowed, so pytest prints it as ``ERROR: ...``.
+key path, the value found and what is allowed, so pytest prints it as ``ERROR: ...``. The file
+is read strictly (:mod:`evals.strict_yaml`): a key twice in one mapping, an empty section
+(``programs:`` with nothing under it) and absurd values are errors too, so no limit can vanish.
 """
 
 from __future__ import annotations
@@ -23,10 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard, TypeVar
 
-import yaml
-
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSIS_SET, unknown_label_message
+from evals.strict_yaml import (
+    OversizedNumber,
+    load_yaml_strict,
+    parse_yaml_strict,
+    read_bounded,
+    shorten,
+)
+
+__all__ = [
+    "ProgramThresholds",
+    "RecallThresholds",
+    "Thresholds",
+    "load_thresholds",
+    "load_yaml_strict",
+    "parse_thresholds",
+    "parse_yaml_strict",
+]
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 DEFAULT_SECTION = "default"
@@ -126,7 +143,8 @@ class _Location:
     path: str = ""
 
     def child(self, key: object) -> _Location:
-        return _Location(self.source, f"{self.path}.{key}" if self.path else str(key))
+        name = shorten(str(key))
+        return _Location(self.source, f"{self.path}.{name}" if self.path else name)
 
     def error(self, problem: str) -> ConfigError:
         where = f"{self.source}: {self.path}" if self.path else self.source
@@ -144,22 +162,18 @@ def load_thresholds(path: Path, programs: Collection[str]) -> Thresholds:
         The validated thresholds, with each program section merged over ``default``.
 
     Raises:
-        ConfigError: The file is missing, unreadable, not YAML or not a valid thresholds file.
+        ConfigError: The file is missing, unreadable, over 1 MB, not YAML, has a duplicate
+            key or is not a valid thresholds file.
     """
     source = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, source)
     except FileNotFoundError:
         raise ConfigError(
             f"{source}: file not found; create it by copying the example thresholds.yaml "
             f"from the README, or start from this minimal content: {MINIMAL_FILE}"
         ) from None
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read the file: {error.strerror or error}") from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise _yaml_error(error, source) from None
+    data = parse_yaml_strict(raw, source)
     return parse_thresholds(data, source, programs, sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -169,7 +183,7 @@ def parse_thresholds(
     """Validate an already loaded thresholds mapping.
 
     Args:
-        data: What ``yaml.safe_load`` returned.
+        data: What :func:`~evals.strict_yaml.parse_yaml_strict` returned.
         source: The file name to put in messages.
         programs: Names of the known programs.
         sha256: Digest of the file bytes, when there was a file.
@@ -185,7 +199,7 @@ def parse_thresholds(
         raise top.error(f"expected a mapping at the top level, found {_found(data)}")
     _check_keys(data, TOP_LEVEL_KEYS, top)
     _check_version(data, top)
-    sections = _parse_programs(data.get("programs"), top.child("programs"), programs)
+    sections = _parse_programs(_section(data, "programs", top), top.child("programs"), programs)
     default = _merge(ProgramThresholds(), sections.pop(DEFAULT_SECTION, _Section()))
     return Thresholds(
         source=source,
@@ -195,17 +209,6 @@ def parse_thresholds(
         regression=_raw_section(data, "regression", top),
         drift=_raw_section(data, "drift", top),
         robustness=_raw_section(data, "robustness", top),
-    )
-
-
-def _yaml_error(error: yaml.YAMLError, source: str) -> ConfigError:
-    """Turn a PyYAML error into one line with the 1-based line and column."""
-    problem = " ".join(str(getattr(error, "problem", None) or error).split())
-    mark = getattr(error, "problem_mark", None)
-    if mark is None:
-        return ConfigError(f"{source}: not valid YAML: {problem}")
-    return ConfigError(
-        f"{source}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
     )
 
 
@@ -220,13 +223,14 @@ def _check_version(data: Mapping[object, object], top: _Location) -> None:
 
 
 def _parse_programs(
-    value: object, where: _Location, programs: Collection[str]
+    value: Mapping[object, object], where: _Location, programs: Collection[str]
 ) -> dict[str, _Section]:
     known = [DEFAULT_SECTION, *sorted(set(programs) - {DEFAULT_SECTION})]
     sections: dict[str, _Section] = {}
-    for name, section in _mapping(value, where, "a mapping of program name to limits").items():
+    for name, section in value.items():
         if name not in known:
-            raise where.child(name).error(f"unknown program {name!r}; known: {', '.join(known)}")
+            shown = shorten(repr(name))
+            raise where.child(name).error(f"unknown program {shown}; known: {', '.join(known)}")
         sections[str(name)] = _parse_section(section, where.child(name))
     return sections
 
@@ -235,8 +239,7 @@ def _parse_section(value: object, where: _Location) -> _Section:
     section = _mapping(value, where, f"a mapping with keys {', '.join(PROGRAM_KEYS)}")
     _check_keys(section, PROGRAM_KEYS, where)
     at_recall = where.child("recall")
-    recall_keys = f"a mapping with keys {', '.join(RECALL_KEYS)}"
-    recall = _mapping(section.get("recall"), at_recall, recall_keys)
+    recall = _section(section, "recall", where)
     _check_keys(recall, RECALL_KEYS, at_recall)
     return _Section(
         min_accuracy=_optional(section, "min_accuracy", where, _fraction),
@@ -245,13 +248,14 @@ def _parse_section(value: object, where: _Location) -> _Section:
         max_p95_latency_ms=_optional(section, "max_p95_latency_ms", where, _milliseconds),
         recall_default=_optional(recall, "default", at_recall, _fraction),
         min_support=_optional(recall, "min_support", at_recall, _count),
-        overrides=_parse_overrides(recall.get("overrides"), at_recall.child("overrides")),
+        overrides=_parse_overrides(
+            _section(recall, "overrides", at_recall), at_recall.child("overrides")
+        ),
     )
 
 
-def _parse_overrides(value: object, where: _Location) -> dict[str, float]:
+def _parse_overrides(floors: Mapping[object, object], where: _Location) -> dict[str, float]:
     overrides: dict[str, float] = {}
-    floors = _mapping(value, where, "a mapping of diagnosis to recall floor")
     for diagnosis, floor in floors.items():
         if diagnosis not in DIAGNOSIS_SET:
             raise where.child(diagnosis).error(unknown_label_message(diagnosis))
@@ -277,14 +281,36 @@ def _merge(base: ProgramThresholds, section: _Section) -> ProgramThresholds:
 
 def _raw_section(data: Mapping[object, object], key: str, top: _Location) -> dict[str, object]:
     """Return a section kept for a later validator, checking only that it is a mapping."""
-    section = _mapping(data.get(key), top.child(key), "a mapping")
+    section = _section(data, key, top)
     return {str(name): value for name, value in section.items()}
 
 
-def _mapping(value: object, where: _Location, expected: str) -> Mapping[object, object]:
-    """Return ``value`` as a mapping; an empty section (``null``) counts as an empty one."""
-    if value is None:
+_SECTION_CONTENT = {
+    "programs": "a mapping of program name to limits",
+    "recall": f"a mapping with keys {', '.join(RECALL_KEYS)}",
+    "overrides": "a mapping of diagnosis to recall floor",
+}
+
+
+def _section(
+    mapping: Mapping[object, object], key: str, parent: _Location
+) -> Mapping[object, object]:
+    """Return ``mapping[key]`` checked to be a mapping, or ``{}`` when the key is absent.
+
+    A key that is present with nothing under it (``programs:`` alone, or only comments) is an
+    error, not "no limits": it is most likely a section whose content was lost.
+    """
+    if key not in mapping:
         return {}
+    return _mapping(mapping[key], parent.child(key), _SECTION_CONTENT.get(key, "a mapping"))
+
+
+def _mapping(value: object, where: _Location, expected: str) -> Mapping[object, object]:
+    """Return ``value`` as a mapping; ``None`` (an empty section) is an error."""
+    if value is None:
+        raise where.error(
+            f"expected {expected}, found nothing (an empty section: fill it in or delete the key)"
+        )
     if not isinstance(value, Mapping):
         raise where.error(f"expected {expected}, found {_found(value)}")
     return value
@@ -295,7 +321,8 @@ def _check_keys(
 ) -> None:
     for key in mapping:
         if key not in allowed:
-            raise where.child(key).error(f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+            shown = shorten(repr(key))
+            raise where.child(key).error(f"unknown key {shown}; allowed: {', '.join(allowed)}")
 
 
 def _optional(
@@ -344,8 +371,13 @@ def _found(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
-    if _is_number(value):
+    if isinstance(value, OversizedNumber):
         return repr(value)
+    if _is_number(value):
+        try:
+            return shorten(repr(value))
+        except ValueError:  # an int beyond Python's 4300-digit str() limit
+            return f"an integer of about {int(int(value).bit_length() * 0.30103)} digits"
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"{shown!r} (a string)"

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from evals.errors import ConfigError
+from evals.strict_yaml import load_yaml_strict
 
 CONFIG_FILE = Path(__file__).with_name("optimizers.yaml")
 CLASSES = ("LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2")
@@ -81,10 +80,7 @@ def load_setup(path: Path, programs: Collection[str]) -> OptimizerSetup:
     where = str(path)
     if not path.is_file():
         return OptimizerSetup(where, {}, ())
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = load_yaml_strict(path) or {}  # strict: a key twice is an error, not "last wins"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys 'optimizers' and 'evaluate'")
     unknown = sorted(str(key) for key in set(data) - {"optimizers", "evaluate"})

@@ -20,6 +20,7 @@ from evals.thresholds import (
     RecallThresholds,
     Thresholds,
     load_thresholds,
+    load_yaml_strict,
     parse_thresholds,
 )
 
@@ -128,10 +129,41 @@ def test_floor_uses_override_else_default() -> None:
     assert recall.floor("allergy") == 0.2
 
 
-def test_null_sections_count_as_empty() -> None:
-    thresholds = parse({"version": 1, "programs": {"zero_shot": None}, "drift": None})
+def test_explicitly_empty_mappings_are_allowed() -> None:
+    thresholds = parse({"version": 1, "programs": {"zero_shot": {"recall": {"overrides": {}}}}, "drift": {}})
     assert thresholds.for_program("zero_shot") == ProgramThresholds()
     assert thresholds.drift == {}
+
+
+EMPTY = "found nothing (an empty section: fill it in or delete the key)"
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "expected"),
+    [
+        ({"version": 1, "programs": None}, "programs", "a mapping of program name to limits"),
+        ({"version": 1, "regression": None}, "regression", "a mapping"),
+        ({"version": 1, "drift": None}, "drift", "a mapping"),
+        ({"version": 1, "robustness": None}, "robustness", "a mapping"),
+        (
+            with_section(None),
+            "programs.zero_shot",
+            "a mapping with keys min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, recall",
+        ),
+        (with_section({"recall": None}), "programs.zero_shot.recall",
+         "a mapping with keys default, min_support, overrides"),
+        (with_section({"recall": {"overrides": None}}), "programs.zero_shot.recall.overrides",
+         "a mapping of diagnosis to recall floor"),
+    ],
+)
+def test_empty_sections_are_errors_not_no_limits(data: object, path: str, expected: str) -> None:
+    assert error_of(data) == f"thresholds.yaml: {path}: expected {expected}, {EMPTY}"
+
+
+def test_section_with_only_comments_is_empty(tmp_path: Path) -> None:
+    text = "version: 1\nprograms:\n  # zero_shot:\n  #   min_accuracy: 0.5\nregression:\n  alpha: 0.05\n"
+    message = load_error(tmp_path, text)
+    assert message == f"{tmp_path / 'thresholds.yaml'}: programs: expected a mapping of program name to limits, {EMPTY}"
 
 
 def test_later_sections_are_kept_raw() -> None:
@@ -209,6 +241,140 @@ def test_real_thresholds_file_loads() -> None:
     assert thresholds.default.max_p95_latency_ms == 60000
     assert thresholds.default.recall == RecallThresholds(default=0.0, min_support=3)
     assert len(thresholds.sha256) == 64
+
+
+# --- strict YAML: duplicate keys, absurd values ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 0.5\n    max_invalid_rate: 0.1\n    min_accuracy: 0.0\n",
+            "6: programs.zero_shot.min_accuracy: duplicate key (first at line 4)",
+        ),
+        (
+            "version: 1\nprograms:\n  knn_few_shot: {min_accuracy: 0.3}\n  knn_few_shot: {}\n",
+            "4: programs.knn_few_shot: duplicate key (first at line 3)",
+        ),
+        ("version: 1\nprograms: {}\nversion: 1\n", "3: version: duplicate key (first at line 1)"),
+        (
+            "version: 1\nregression:\n  promote_requires:\n    lm.spec: smollm2\n    lm.spec: other\n",
+            "5: regression.promote_requires.lm.spec: duplicate key (first at line 4)",
+        ),
+        (
+            "version: 1\nprograms:\n  zero_shot:\n    recall: {overrides: {migraine: 0.5, migraine: 0.0}}\n",
+            "4: programs.zero_shot.recall.overrides.migraine: duplicate key (first at line 4)",
+        ),
+        ("version: 1\nrobustness: {1: 0.5, 01: 0.5}\n", "2: robustness.01: duplicate key (first at line 2)"),
+    ],
+    ids=["program-key", "program", "top-level", "raw-section", "flow-mapping", "equal-values"],
+)
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path: Path, text: str, expected: str) -> None:
+    assert load_error(tmp_path, text) == f"{tmp_path / 'thresholds.yaml'}:{expected}"
+
+
+def test_merge_keys_and_aliases_are_not_duplicates(tmp_path: Path) -> None:
+    text = "version: 1\nprograms:\n  default: &d {min_accuracy: 0.1}\n  zero_shot:\n    <<: *d\n    min_accuracy: 0.2\n"
+    assert load_text(tmp_path, text).for_program("zero_shot").min_accuracy == 0.2
+
+
+LONG = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "found"),
+    [
+        (LONG, "min_accuracy", f"expected a number between 0 and 1, found {LONG[:40]}… (a number of 5000 characters)"),
+        ("1" * 4000, "recall: {min_support: %s}",
+         f"expected a whole number >= 0, found {LONG[:40]}… (a number of 4000 characters)"),
+        ("0." + "5" * 200, "min_accuracy", "expected a number between 0 and 1, found 0.555"),
+        ("0x" + "f" * 90, "min_accuracy", "expected a number between 0 and 1, found 2348542582773833227889480596789337027375…"),
+        ("1.0e+999", "min_accuracy", "expected a number between 0 and 1, found inf"),
+        (".nan", "min_accuracy", "expected a number between 0 and 1, found nan"),
+        ("1.0e+999", "max_p95_latency_ms", "expected a positive number of milliseconds, found inf"),
+    ],
+    ids=["5000-digits", "4000-digit-count", "200-decimals", "hex", "inf", "nan", "inf-latency"],
+)
+def test_absurd_numbers_are_one_short_line(tmp_path: Path, value: str, key: str, found: str) -> None:
+    entry = key % value if "%s" in key else f"{key}: {value}"
+    message = load_error(tmp_path, f"version: 1\nprograms:\n  zero_shot:\n    {entry}\n")
+    assert message.startswith(f"{tmp_path / 'thresholds.yaml'}: programs.zero_shot.")
+    assert found in message
+    assert len(message) < 250
+
+
+def test_absurd_version_is_one_short_line(tmp_path: Path) -> None:
+    message = load_error(tmp_path, f"version: {LONG}\n")
+    assert message.endswith(f"version: unsupported version {LONG[:40]}… (a number of 5000 characters); supported: 1")
+
+
+def test_huge_int_given_directly_is_described_not_printed() -> None:
+    message = error_of(with_section({"min_accuracy": 10**5000}))
+    assert message.endswith("expected a number between 0 and 1, found an integer of about 5000 digits")
+
+
+def test_long_keys_and_strings_are_cut_in_messages() -> None:
+    message = error_of(with_section({"x" * 5000: 0.5}))
+    assert message.startswith(f"thresholds.yaml: programs.zero_shot.{'x' * 40}…: unknown key 'xxx")
+    assert len(message) < 250
+
+
+def test_file_over_one_megabyte_is_refused_unparsed(tmp_path: Path) -> None:
+    text = f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: {'1' * 5_000_000}\n"
+    message = load_error(tmp_path, text)
+    assert message == f"{tmp_path / 'thresholds.yaml'}: file is 5.0 MB; a configuration file may be at most 1 MB"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("version: 1\nregression: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("version: 1\nregression:\n  when: 2024-13-45\n", "month must be in 1..12"),
+        ("version: 1\nregression:\n  seed: !!int abc\n", "invalid literal for int() with base 10: 'abc'"),
+    ],
+    ids=["deep-nesting", "bad-date", "bad-int-tag"],
+)
+def test_values_yaml_cannot_build_are_one_line(tmp_path: Path, text: str, problem: str) -> None:
+    assert load_error(tmp_path, text) == f"{tmp_path / 'thresholds.yaml'}: not valid YAML: {problem}"
+
+
+def test_load_yaml_strict_is_public_for_other_config_files(tmp_path: Path) -> None:
+    path = tmp_path / "other.yaml"
+    path.write_text("a: 1\nb: {c: 2, c: 3}\n")
+    with pytest.raises(ConfigError, match=r"other.yaml:2: b.c: duplicate key \(first at line 2\)$"):
+        load_yaml_strict(path)
+    path.write_text("a: [1, 2]\n")
+    assert load_yaml_strict(path) == {"a": [1, 2]}
+    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
+        load_yaml_strict(tmp_path / "missing.yaml")
+
+
+BAD_FILES = {
+    "duplicate": ("version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 0.9\n    min_accuracy: 0.0\n",
+                  "ERROR: *thresholds.yaml:5: programs.zero_shot.min_accuracy: duplicate key (first at line 4)"),
+    "empty-section": ("version: 1\nprograms:\n", "ERROR: *thresholds.yaml: programs: expected a mapping*found nothing*"),
+    "5000-digits": (f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: {LONG}\n",
+                    "ERROR: *min_accuracy: expected a number between 0 and 1, found 1111*… (a number of 5000 characters)"),
+    "5-megabytes": (f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: '{'x' * 5_000_000}'\n",
+                    "ERROR: *thresholds.yaml: file is 5.0 MB; a configuration file may be at most 1 MB"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_pytest_on_a_bad_file_is_one_error_line_and_exit_4(eval_project: pytest.Pytester, case: str) -> None:
+    text, message = BAD_FILES[case]
+    (eval_project.path / "thresholds.yaml").write_text(text)
+
+    result = eval_project.runpytest_subprocess("-p", "no:cacheprovider")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.lines + result.stderr.lines
+    errors = [line for line in output if line.startswith("ERROR:")]
+    assert len(errors) == 1, output
+    result.stderr.fnmatch_lines([message])
+    assert all(len(line) < 300 for line in output)
+    assert "Traceback" not in "\n".join(output)
 
 
 # --- structure errors -----------------------------------------------------------------------
@@ -296,7 +462,7 @@ def test_unknown_diagnosis_in_overrides() -> None:
 def test_sections_must_be_mappings(data: object, path: str, expected: str) -> None:
     message = error_of(data)
     assert message.startswith(f"thresholds.yaml: {path}: expected {expected}")
-    assert message.endswith(", found 0.5") or message.endswith(", found a list")
+    assert message.endswith((", found 0.5", ", found a list"))
 
 
 # --- value errors ---------------------------------------------------------------------------
@@ -392,3 +558,12 @@ def test_any_number_outside_range_is_rejected(value: float, key: str) -> None:
 def test_any_non_negative_int_is_a_valid_min_support(value: int) -> None:
     recall = parse(with_section({"recall": {"min_support": value}})).for_program("zero_shot").recall
     assert recall.min_support == value
+
+
+def test_optimizers_yaml_is_read_strictly_too(tmp_path: Path) -> None:
+    from programs.optimizers import load_setup
+
+    path = tmp_path / "optimizers.yaml"
+    path.write_text("optimizers:\n  knn: {class: KNNFewShot}\n  knn: {class: LabeledFewShot}\n")
+    with pytest.raises(ConfigError, match=r"optimizers.yaml:3: optimizers.knn: duplicate key \(first at line 2\)$"):
+        load_setup(path, PROGRAMS)
