@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import dspy
 
 from evals.errors import ConfigError
-from programs import knn, signatures
+from programs import knn, reference, signatures
 from programs.signatures import Diagnose
 
 
@@ -22,17 +23,20 @@ class ProgramSpec:
         name: Registry name (used in test ids, thresholds.yaml and MLflow).
         description: One line for reports.
         build: Builds the program from the training examples.
+        modules: Modules whose source defines the program besides its builder and the signature.
+        reference: A baseline that calls no LM (every LM program is compared with it).
     """
 
     name: str
     description: str
     build: Callable[[Sequence[dspy.Example]], dspy.Module]
+    modules: tuple[ModuleType, ...] = ()
+    reference: bool = False
 
     def source_hash(self) -> str:
         """Hash of the source that defines this program (its builder, modules and signature)."""
         sources = [inspect.getsource(signatures), inspect.getsource(self.build)]
-        if self.name == "knn_few_shot":
-            sources.append(inspect.getsource(knn))
+        sources.extend(inspect.getsource(module) for module in self.modules)
         return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
 
 
@@ -48,12 +52,19 @@ def _knn_few_shot(trainset: Sequence[dspy.Example]) -> dspy.Module:
     return knn.KNNFewShotProgram(dspy.Predict(Diagnose), trainset, k=3)
 
 
+def _tfidf_logreg(trainset: Sequence[dspy.Example]) -> dspy.Module:
+    return reference.TfidfLogRegProgram(trainset, c=10.0, seed=0)
+
+
 PROGRAMS: dict[str, ProgramSpec] = {
     spec.name: spec
     for spec in (
         ProgramSpec("zero_shot", "dspy.Predict, no demos", _zero_shot),
         ProgramSpec("chain_of_thought", "dspy.ChainOfThought, no demos", _chain_of_thought),
-        ProgramSpec("knn_few_shot", "Predict with the 3 nearest training examples (TF-IDF) as demos", _knn_few_shot),
+        ProgramSpec("knn_few_shot", "Predict with the 3 nearest training examples (TF-IDF) as demos", _knn_few_shot,
+                    modules=(knn,)),
+        ProgramSpec("tfidf_logreg", "Reference without LM: TF-IDF + logistic regression fitted on the train split",
+                    _tfidf_logreg, modules=(reference,), reference=True),
     )
 }
 
@@ -64,3 +75,11 @@ def get_program(name: str) -> ProgramSpec:
         return PROGRAMS[name]
     except KeyError:
         raise ConfigError(f"unknown program {name!r}; known programs: {', '.join(sorted(PROGRAMS))}") from None
+
+
+def reference_programs(registry: Mapping[str, ProgramSpec]) -> list[str]:
+    """Names of the reference programs of a registry (specs with ``reference=True``), in registry order.
+
+    Registries of other shapes (entries without the attribute) have none.
+    """
+    return [name for name, spec in registry.items() if getattr(spec, "reference", False)]
