@@ -17,9 +17,13 @@ from evals.errors import ConfigError
 from evals.strict_yaml import load_yaml_strict
 
 CONFIG_FILE = Path(__file__).with_name("optimizers.yaml")
-CLASSES = ("LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2")
-USES_METRIC = {"BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "MIPROv2"}
-USES_VALSET = {"BootstrapFewShotWithRandomSearch", "MIPROv2"}
+CLASSES = ("LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2", "GEPA")
+USES_METRIC = {"BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"}
+USES_VALSET = {"BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"}
+AUTO_LEVELS = ("light", "medium", "heavy")
+GEPA_BUDGETS = ("auto", "max_metric_calls", "max_full_evals")
+REFLECTION_MAX_TOKENS = 1024
+"""Room for the instruction GEPA's reflection LM writes (a reflection_lm spec of its own)."""
 ENTRY_KEYS = ("class", "params", "compile", "trainset_per_diagnosis", "valset_per_diagnosis")
 SEPARATOR = "+"
 
@@ -148,6 +152,27 @@ def _check_params(config: OptimizerConfig, at: str) -> None:
     unknown = sorted(set(config.params) - accepted)
     if unknown:
         raise ConfigError(f"{at}.params: {config.cls} takes no argument {unknown[0]!r}; it takes: {', '.join(sorted(accepted))}")
+    params = config.params
+    if "auto" in params and params["auto"] not in AUTO_LEVELS and not (config.cls == "MIPROv2" and params["auto"] is None):
+        raise ConfigError(f"{at}.params.auto: expected one of {', '.join(AUTO_LEVELS)}, found {params['auto']!r}")
+    if config.cls == "GEPA":
+        _check_gepa_params(params, at)
+
+
+def _check_gepa_params(params: Mapping[str, Any], at: str) -> None:
+    """GEPA takes exactly one budget, positive counts, and a reflection LM given as an LM spec."""
+    budgets = [key for key in GEPA_BUDGETS if params.get(key) is not None]
+    if len(budgets) != 1:
+        found = ", ".join(budgets) or "none"
+        raise ConfigError(f"{at}.params: GEPA needs exactly one budget of {', '.join(GEPA_BUDGETS)} (found: {found})")
+    for key in ("max_metric_calls", "max_full_evals"):
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{at}.params.{key}: expected a positive integer, found {value!r}")
+    reflection = params.get("reflection_lm")
+    if reflection is not None and (not isinstance(reflection, str) or not reflection.strip()):
+        raise ConfigError(f"{at}.params.reflection_lm: expected an LM spec such as 'smollm2' (omit it for the "
+                          f"session's LM), found {reflection!r}")
 
 
 def _optimizer_class(cls: str) -> Any:
@@ -161,9 +186,55 @@ def _optimizer_class(cls: str) -> Any:
 
 
 def make_optimizer(config: OptimizerConfig, metric: Any) -> Any:
-    """Instantiate the dspy optimizer of a configuration."""
+    """Instantiate the dspy optimizer of a configuration.
+
+    GEPA gets the metric wrapped as a feedback metric and its reflection LM built here: the
+    ``reflection_lm`` spec of its params, or the session's LM (dspy's configured one) without it.
+    """
+    params = dict(config.params)
+    if config.cls == "GEPA":
+        metric = feedback_metric(metric)
+        params["reflection_lm"] = reflection_lm(params.get("reflection_lm"))
     extra = {"metric": metric} if config.cls in USES_METRIC else {}
-    return _optimizer_class(config.cls)(**extra, **config.params)
+    return _optimizer_class(config.cls)(**extra, **params)
+
+
+def reflection_lm(spec: str | None) -> Any:
+    """GEPA's reflection LM: the session's LM when ``spec`` is None, else the LM the spec names."""
+    import dspy
+
+    if spec is None:
+        if dspy.settings.lm is None:
+            raise ConfigError("GEPA: no reflection_lm configured and no session LM to reflect with")
+        return dspy.settings.lm
+    from evals.lm import build_lm, parse_lm_spec
+
+    return build_lm(parse_lm_spec(spec, max_tokens=REFLECTION_MAX_TOKENS))
+
+
+def feedback_metric(metric: Any) -> Any:
+    """Wrap a ``metric(example, pred, trace)`` as GEPA's ``metric(gold, pred, trace, pred_name, pred_trace)``.
+
+    The score is the metric's (as a float); the feedback says what was answered, what was right,
+    and whether the answer was a known diagnosis at all.
+    """
+    import dspy
+
+    from evals.labels import DIAGNOSIS_SET
+
+    def gepa_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+        score = float(metric(gold, pred, trace))
+        answer = str(getattr(pred, "diagnosis", "") or "").strip()
+        if score >= 1.0:
+            feedback = f"Correct: the diagnosis is {gold.diagnosis!r}."
+        elif answer.lower() not in DIAGNOSIS_SET:
+            feedback = (f"Wrong: {answer!r} is not one of the allowed diagnoses; the answer must be exactly one "
+                        f"allowed label, here {gold.diagnosis!r}.")
+        else:
+            feedback = f"Wrong: answered {answer!r}, but these symptoms point to {gold.diagnosis!r}."
+        return dspy.Prediction(score=score, feedback=feedback)
+
+    return gepa_metric
 
 
 def compile_program(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,13 @@ from evals.errors import ConfigError
 from evals.tests.conftest import DUMMY_CONFTEST
 from programs.optimizers import (
     CONFIG_FILE,
+    REFLECTION_MAX_TOKENS,
     OptimizerConfig,
     compile_program,
     empty_shape,
+    feedback_metric,
     load_setup,
+    make_optimizer,
     split_name,
 )
 from programs.registry import PROGRAMS
@@ -31,9 +35,9 @@ def test_the_real_optimizers_file_loads() -> None:
     setup = load_setup(CONFIG_FILE, PROGRAMS)
 
     assert setup.source == str(CONFIG_FILE)
-    assert len(setup.optimizers) == 5
+    assert len(setup.optimizers) == 7
     assert {c.cls for c in setup.optimizers.values()} == {
-        "LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2"}
+        "LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2", "GEPA"}
     assert setup.evaluate
     for pair in setup.evaluate:
         base, optimizer = split_name(pair)
@@ -42,6 +46,14 @@ def test_the_real_optimizers_file_loads() -> None:
     assert knn.trainset_per_diagnosis is None and dict(knn.params) == {"k": 3}
     assert setup.optimizers["miprov2_light"].uses_valset
     assert not setup.optimizers["labeled_few_shot"].uses_valset
+    medium, gepa = setup.optimizers["miprov2_medium"], setup.optimizers["gepa"]
+    assert medium.cls == "MIPROv2" and medium.params["auto"] == "medium"
+    assert dict(medium.compile_args) == {"requires_permission_to_run": False}
+    # GEPA: a bounded budget, reflecting with the session's LM (no reflection_lm of its own).
+    assert gepa.cls == "GEPA" and gepa.uses_valset and 0 < gepa.params["max_metric_calls"] <= 200
+    assert "auto" not in gepa.params and "reflection_lm" not in gepa.params
+    # Known, but not in the default run (it keeps its cost).
+    assert not {split_name(pair)[1] for pair in setup.evaluate} & {"miprov2_medium", "gepa", "miprov2_light"}
 
 
 def test_a_missing_optimizers_file_configures_nothing(tmp_path: Path) -> None:
@@ -95,6 +107,34 @@ BAD_CONFIGS = {
     ),
     "not-yaml": ("optimizers:\n  labeled: {class: LabeledFewShot\n", ["not valid YAML"]),
     "unknown-top-level-key": (f"optimizers:\n  {GOOD_ENTRY}\nevaluated: []\n", ["'optimizers'", "'evaluate'"]),
+    "mipro-auto-misspelt": (
+        "optimizers:\n  m: {class: MIPROv2, params: {auto: meduim}}\n",
+        ["optimizers.m.params.auto", "'meduim'", "light, medium, heavy"],
+    ),
+    "gepa-no-budget": (
+        "optimizers:\n  g: {class: GEPA, params: {num_threads: 1}}\n",
+        ["optimizers.g.params", "exactly one budget", "max_metric_calls", "found: none"],
+    ),
+    "gepa-two-budgets": (
+        "optimizers:\n  g: {class: GEPA, params: {auto: light, max_metric_calls: 50}}\n",
+        ["optimizers.g.params", "exactly one budget", "found: auto, max_metric_calls"],
+    ),
+    "gepa-zero-calls": (
+        "optimizers:\n  g: {class: GEPA, params: {max_metric_calls: 0}}\n",
+        ["optimizers.g.params.max_metric_calls", "positive integer", "found 0"],
+    ),
+    "gepa-auto-misspelt": (
+        "optimizers:\n  g: {class: GEPA, params: {auto: quick}}\n",
+        ["optimizers.g.params.auto", "'quick'"],
+    ),
+    "gepa-reflection-lm-not-a-spec": (
+        "optimizers:\n  g: {class: GEPA, params: {max_metric_calls: 10, reflection_lm: {model: x}}}\n",
+        ["optimizers.g.params.reflection_lm", "LM spec", "{'model': 'x'}"],
+    ),
+    "gepa-unknown-param": (
+        "optimizers:\n  g: {class: GEPA, params: {max_metric_calls: 10, reflection_model: smollm2}}\n",
+        ["optimizers.g.params", "GEPA takes no argument 'reflection_model'", "reflection_lm"],
+    ),
 }
 
 
@@ -235,6 +275,162 @@ def test_empty_shape_is_the_student_unless_knn(tiny_data_dir: Path) -> None:
     knn = empty_shape(OptimizerConfig("k", "KNNFewShot", {"k": 5}), student, trainset)
     assert isinstance(knn, KNNFewShotProgram) and knn.k == 5
     assert empty_shape(OptimizerConfig("k", "KNNFewShot"), student, trainset).k == 3
+
+
+# ----- GEPA and MIPROv2 on a scripted LM that follows instructions -----
+
+MAGIC = "Name the diagnosis these symptoms point to."
+"""The instruction the scripted LM proposes, and the one under which it answers right."""
+
+
+def _instruction_following_lm(gold: dict[str, str]) -> Any:
+    """A DummyLM that answers every signature: the gold diagnosis only under an instruction containing MAGIC
+    (a wrong one otherwise), MAGIC for any field asking for an instruction, "scripted" for other fields."""
+    import dspy
+    from dspy.clients.engines.dummy_engine import DummyEngine
+    from dspy.lm15 import Message, Response, TextPart, Usage
+    from dspy.utils.dummies import DummyLM
+
+    from evals.labels import DIAGNOSES
+
+    class Engine(DummyEngine):
+        def _complete_messages(self, messages: list[dict[str, str]]) -> Any:
+            system, last = messages[0]["content"], messages[-1]["content"]
+            declared = system.split("Your output fields are:")[-1].split("All interactions")[0]
+            answer: dict[str, str] = {}
+            for name in re.findall(r"^\d+\. `(\w+)`", declared, flags=re.MULTILINE):
+                if name == "diagnosis":
+                    right = gold[re.search(r"\[\[ ## symptoms ## \]\]\n(.*?)\n\n", last, flags=re.DOTALL).group(1)]
+                    wrong = DIAGNOSES[(DIAGNOSES.index(right) + 1) % len(DIAGNOSES)]
+                    answer[name] = right if MAGIC in system else wrong
+                else:
+                    answer[name] = MAGIC if "instruction" in name else "scripted"
+            text = self.owner._format_answer_fields(answer)
+            return Response(id=None, model="dummy", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                            usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0))
+
+    class InstructionFollowingLM(DummyLM):
+        def __init__(self) -> None:
+            super().__init__({}, adapter=dspy.JSONAdapter())
+            self._engine_spec = Engine(self)
+
+        def copy(self, **kwargs: Any) -> Any:  # MIPROv2 proposes with a copy at another temperature
+            copied = super().copy(**kwargs)
+            copied._engine_spec = Engine(copied)
+            return copied
+
+    return InstructionFollowingLM()
+
+
+def _prompts(lm: Any) -> list[str]:
+    return [json.dumps(entry["messages"]) for entry in lm.history]
+
+
+def _compile_on(lm: Any, config: OptimizerConfig, data_dir: Path) -> tuple[Any, Any, list[Any]]:
+    """Compile zero_shot with ``config`` on ``lm``; return it, its JSON state loaded into a fresh student, the test set."""
+    import dspy
+
+    from evals.scoring import diagnosis_match
+
+    trainset = _examples("train", config.trainset_per_diagnosis or 99, data_dir)
+    valset = _examples("val", config.valset_per_diagnosis or 99, data_dir)
+    full_train, test = _examples("train", 99, data_dir), _examples("test", 1, data_dir)
+    spec = PROGRAMS["zero_shot"]
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        compiled = compile_program(config, spec.build(full_train), trainset, valset, diagnosis_match)
+        loaded = empty_shape(config, spec.build(full_train), trainset)
+        loaded.load_state(json.loads(json.dumps(compiled.dump_state())))
+    return compiled, loaded, test
+
+
+def _accuracy(program: Any, lm: Any, examples: list[Any]) -> float:
+    import dspy
+
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        return sum(program(symptoms=e.symptoms).diagnosis == e.diagnosis for e in examples) / len(examples)
+
+
+def _gold(data_dir: Path) -> dict[str, str]:
+    from evals.data import load_dataset
+
+    data = load_dataset(data_dir)
+    return {e.symptoms: e.diagnosis for split in ("train", "val", "test") for e in data.split(split)}
+
+
+@pytest.mark.parametrize("name", ["gepa", "miprov2_medium"])
+def test_the_real_gepa_and_miprov2_medium_configs_compile_and_round_trip(tiny_data_dir: Path, name: str) -> None:
+    config = load_setup(CONFIG_FILE, PROGRAMS).optimizers[name]
+    lm = _instruction_following_lm(_gold(tiny_data_dir))
+    student = PROGRAMS["zero_shot"].build([])
+    assert _accuracy(student, lm, _examples("test", 1, tiny_data_dir)) == 0.0
+
+    compiled, loaded, test = _compile_on(lm, config, tiny_data_dir)
+
+    # The optimizer found the instruction the LM needs, and the JSON state carries it.
+    assert MAGIC in compiled.signature.instructions
+    assert loaded.dump_state() == compiled.dump_state()
+    assert _accuracy(compiled, lm, test) == _accuracy(loaded, lm, test) == 1.0
+    if name == "gepa":  # it reflected with the session's LM: the proposals were asked of it
+        assert any("current_instruction" in prompt for prompt in _prompts(lm))
+
+
+def test_gepa_reflects_with_the_configured_reflection_lm(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evals.lm
+
+    gold = _gold(tiny_data_dir)
+    session_lm, reflection = _instruction_following_lm(gold), _instruction_following_lm(gold)
+    built: list[Any] = []
+    monkeypatch.setattr(evals.lm, "build_lm", lambda spec, **kwargs: built.append(spec) or reflection)
+    config = OptimizerConfig("g", "GEPA", {"max_metric_calls": 60, "num_threads": 1, "reflection_lm": "smollm2"},
+                             {}, 1, 1)
+
+    compiled, _, test = _compile_on(session_lm, config, tiny_data_dir)
+
+    (spec,) = built
+    assert spec.spec == "smollm2" and spec.backend == "llamacpp" and spec.max_tokens == REFLECTION_MAX_TOKENS
+    assert any("current_instruction" in prompt for prompt in _prompts(reflection))
+    assert not any("current_instruction" in prompt for prompt in _prompts(session_lm))
+    assert all("current_instruction" in prompt for prompt in _prompts(reflection))  # it only reflected
+    assert _accuracy(compiled, session_lm, test) == 1.0
+
+
+def test_gepa_gets_the_session_lm_or_one_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dspy
+    from dspy.utils.dummies import DummyLM
+
+    from evals.scoring import diagnosis_match
+
+    config = OptimizerConfig("g", "GEPA", {"max_metric_calls": 10})
+    lm = DummyLM([])
+    with dspy.context(lm=lm):
+        assert make_optimizer(config, diagnosis_match).reflection_lm is lm
+    with dspy.context(lm=None), pytest.raises(ConfigError, match="^GEPA: no reflection_lm configured"):
+        make_optimizer(config, diagnosis_match)
+    bad = OptimizerConfig("g", "GEPA", {"max_metric_calls": 10, "reflection_lm": "not a spec"})
+    with pytest.raises(ConfigError) as info:
+        make_optimizer(bad, diagnosis_match)
+    assert "\n" not in str(info.value) and "'not a spec'" in str(info.value)
+
+
+def test_feedback_metric_scores_and_explains() -> None:
+    import inspect
+
+    import dspy
+
+    from evals.scoring import diagnosis_match
+
+    metric = feedback_metric(diagnosis_match)
+    gold = dspy.Example(symptoms="s", diagnosis="malaria")
+    inspect.signature(metric).bind(None, None, None, None, None)  # GEPA's own check of the signature
+
+    right = metric(gold, dspy.Prediction(diagnosis="Malaria "), None, "self", None)
+    wrong = metric(gold, dspy.Prediction(diagnosis="dengue"), None, "self", None)
+    invalid = metric(gold, dspy.Prediction(diagnosis="a bad cold"), None, None, None)
+
+    assert (right.score, wrong.score, invalid.score) == (1.0, 0.0, 0.0)
+    assert "Correct" in right.feedback and "'malaria'" in right.feedback
+    assert "'dengue'" in wrong.feedback and "'malaria'" in wrong.feedback
+    assert "not one of the allowed diagnoses" in invalid.feedback and "'malaria'" in invalid.feedback
 
 
 # ----- what goes into the key -----
