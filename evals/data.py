@@ -126,13 +126,24 @@ def read_jsonl(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # so that an error at the end names its column
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+                raise ConfigError(f"{path}:{number}: not valid JSON: {json_problem(exc)}") from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{path}:{number}: expected a JSON object, found {type(obj).__name__}")
             rows.append((str(path), number, obj))
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
     return rows
+
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """``invalid control character at column 66``: the decoder's message, read naturally.
+
+    Some of the decoder's messages end in "at" themselves ("Invalid control character at").
+    """
+    message = exc.msg.removesuffix(" at").strip()
+    return f"{message[:1].lower()}{message[1:]} at column {exc.colno}"
 
 
 def _read_hub(hub_id: str, revision: str) -> dict[str, list[tuple[str, int, dict[str, Any]]]]:
@@ -154,6 +165,8 @@ def _read_hub(hub_id: str, revision: str) -> dict[str, list[tuple[str, int, dict
 
 def validate_rows(rows: Sequence[tuple[str, int, dict[str, Any]]], split: str) -> tuple[Example, ...]:
     """Validate raw rows with the pandera schema and return them as examples."""
+    if not rows:
+        raise ConfigError(f"{split} split: no rows")
     for file, line, obj in rows:
         missing = [key for key in (TEXT_KEY, LABEL_KEY) if key not in obj]
         if missing:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 
@@ -18,4 +21,13 @@ class EvalsWarning(pytest.PytestWarning):
 
 
 class LMUnavailable(Exception):
-    """The LM cannot be loaded or reached at all: the session stops with this one line."""
+    """The LM cannot be loaded or reached at all: the session stops with this one line.
+
+    Attributes:
+        records: What the test that found out gathered (``ExampleRecord`` objects); they are
+            still reported, so that the session writes them.
+    """
+
+    def __init__(self, message: str, records: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.records = tuple(records)

@@ -127,10 +127,30 @@ def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, 
     extra: dict[str, Any] = {"api_base": spec.api_base} if spec.api_base else {}
     if spec.api_base and spec.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         extra["api_key"] = "local-server"  # an OpenAI-compatible local server wants some key, never a real one
-    return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=2, **extra, **kwargs)
+    # num_retries=0: the harness retries within the example budget (evals.runner); litellm's own
+    # retries inside those would multiply the time one example may take.
+    return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=0, **extra, **kwargs)
 
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
     """llama.cpp threads per process: the cores shared out among the xdist workers, at least 1."""
     cores = cores or os.cpu_count() or 1
     return max(1, cores // max(workers, 1))
+
+
+def unavailable_line(spec: LMSpec, reason: str, error: str) -> str:
+    """The one line that stops a session whose LM is clearly down, naming the option to check.
+
+    Args:
+        spec: The session's LM spec.
+        reason: ``"connection refused"``, ``"unknown host"`` or ``"credentials refused"``.
+        error: The last error of the first example, one line.
+    """
+    if reason == "credentials refused":
+        key = f"{spec.model.split('/')[0].upper()}_API_KEY"
+        hint = f"check the API key ({key}) for --evals-lm {spec.spec}"
+    elif spec.api_base:
+        hint = f"is a server listening at --evals-lm-api-base {spec.api_base}?"
+    else:
+        hint = f"check --evals-lm {spec.spec} and the network"
+    return f"LM {spec.spec!r} is unavailable ({reason}): {error}; {hint}"

@@ -15,7 +15,7 @@ import pytest
 
 from evals.errors import ConfigError, LMUnavailable
 from evals.labels import DIAGNOSES, slug
-from evals.records import STABILITY_PROPERTY
+from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY
 from evals.settings import OPTIONS, resolve
 
 if TYPE_CHECKING:
@@ -80,19 +80,24 @@ def evals_session(pytestconfig: pytest.Config) -> EvalsSession:
     return pytestconfig.stash[SESSION_KEY]
 
 
-def guarded(session: EvalsSession, request: pytest.FixtureRequest, call: Callable[[], Any]) -> Any:
-    """Run ``call``; a setup problem (bad data, LM down) becomes one line and stops the session.
+SETUP_STOP = "a setup error stops the session (the line at the end)"
+"""Why the test that met a setup error is skipped: the error itself is printed once, as the stop reason."""
 
-    Later tests fail at once with the same line instead of repeating N tracebacks.
+
+def guarded(session: EvalsSession, request: pytest.FixtureRequest, call: Callable[[], Any]) -> Any:
+    """Run ``call``; a setup problem (bad data, LM down) stops the session with its one line.
+
+    The line is pytest's stop reason (``Interrupted: <line>``, exit 2), printed once. The test that
+    met it is skipped with a short reason rather than failed: every xdist worker meets the problem
+    by itself, and a failure each would repeat the line once per worker.
     """
     if not session.fatal:
         try:
             return call()
         except (ConfigError, LMUnavailable) as exc:
             session.fatal = str(exc)
-    # Outside the except block, so that pytest shows no chained traceback.
     request.session.shouldstop = session.fatal
-    pytest.fail(str(session.fatal), pytrace=False)
+    pytest.skip(SETUP_STOP)
 
 
 @pytest.fixture(scope="session")
@@ -108,11 +113,20 @@ def evals_evaluate(
     """Run a program on one diagnosis's sampled examples; the records travel with the test report."""
 
     def evaluate(program: str, diagnosis: str) -> DiagnosisOutcome:
-        outcome = guarded(evals_session, request, lambda: evals_session.evaluate(program, diagnosis))
+        outcome = guarded(evals_session, request, lambda: _evaluate(evals_session, request, program, diagnosis))
         request.node.user_properties.append(outcome.as_property())
         return outcome
 
     return evaluate
+
+
+def _evaluate(session: EvalsSession, request: pytest.FixtureRequest, program: str, diagnosis: str) -> DiagnosisOutcome:
+    """``session.evaluate``; when it finds the LM down, the records it gathered still travel with the report."""
+    try:
+        return session.evaluate(program, diagnosis)
+    except LMUnavailable as exc:
+        request.node.user_properties.append((RECORDS_PROPERTY, [record.to_dict() for record in exc.records]))
+        raise
 
 
 @pytest.fixture

@@ -21,11 +21,15 @@ class ExampleRecord:
         symptoms: The patient's text as given to the program.
         gold: The true diagnosis.
         predicted: The diagnosis returned, or ``None`` when no valid label came back.
-        latency_ms: Wall time of the program call in milliseconds.
+        latency_ms: Wall time of the whole example in milliseconds: every attempt and the waits
+            between them, so that latency percentiles show what a caller would have waited.
         prompt_tokens: Prompt tokens the LM reported for the call(s).
         completion_tokens: Completion tokens the LM reported for the call(s).
         error: One readable line when the call failed or answered garbage, else ``None``.
         cached: True when every LM call was served from the response cache.
+        attempts: Calls made for the example (1 when the first one answered).
+        lm_down: Why the LM is clearly down ("connection refused", "unknown host",
+            "credentials refused") when the last attempt failed that way, else ``None``.
     """
 
     program: str
@@ -38,6 +42,8 @@ class ExampleRecord:
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    attempts: int = 1
+    lm_down: str | None = None
 
     @property
     def correct(self) -> bool:

@@ -30,7 +30,7 @@ MISCLASSIFIED_SHOWN = 20
 WORST_SHOWN = 5
 _SCORES = ("diagnosis", "support", "predicted", "precision", "recall", "f1")
 PREDICTION_COLUMNS = ("id", "program", "symptoms", "gold", "predicted", "correct", "latency_ms",
-                      "prompt_tokens", "completion_tokens", "error", "cached")
+                      "prompt_tokens", "completion_tokens", "error", "cached", "attempts")
 
 
 def identity(text: str) -> str:

@@ -1,12 +1,17 @@
 """Run a DSPy program over examples and turn every call into an ExampleRecord.
 
-A call that raises (LM error, time-out, unparseable answer) is retried a bounded
-number of times with backoff, then recorded as an error for that example; the run
-goes on. An answer outside the 22 labels is recorded as invalid.
+A call that raises (LM error, time-out, unparseable answer) is retried with backoff
+while the example's wall-clock budget allows another attempt, then recorded as an
+error for that example; the run goes on. This is the only retry layer: the LM is built
+with ``num_retries=0`` (:func:`evals.lm.build_lm`). An answer outside the 22 labels is
+recorded as invalid. A failure that says the LM is clearly down (connection refused,
+unknown host, credentials refused) is marked on the record so that the session can stop.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,22 +22,49 @@ from evals.labels import DIAGNOSIS_SET
 from evals.records import ExampleRecord
 
 MAX_ERROR_CHARS = 300
+DEFAULT_BUDGET_S = 300.0
+DEFAULT_CALL_TIMEOUT_S = 120.0
+
+_REFUSED = ("connection refused", "actively refused")
+_UNKNOWN_HOST = ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
+                 "getaddrinfo failed", "no address associated with hostname")
+TIMEOUT_HINT = "; raise --evals-timeout if the LM needs longer per call"
+_CLIENT_TIMEOUT_ADVICE = re.compile(r"\s*;[^;]*\bTimeouts\(.*$")
+_AUTH_TYPES = ("AuthenticationError", "PermissionDeniedError", "AuthError", "LMAuthError")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff."""
+    """Retries with exponential backoff, bounded in number and by a wall-clock budget per example.
 
-    attempts: int = 2
+    Attributes:
+        attempts: The most calls made for one example.
+        backoff_s: Wait before the second attempt; it doubles for each later one.
+        budget_s: Wall-clock seconds for one example, every attempt and wait included.
+        call_timeout_s: The longest one call may take (the LM's per-call timeout). Another attempt
+            starts only if it could finish within the budget even if it took that long (or as long
+            as the slowest attempt so far, when that was longer).
+    """
+
+    attempts: int = 3
     backoff_s: float = 0.5
+    budget_s: float = DEFAULT_BUDGET_S
+    call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be at least 1, found {self.attempts}")
+        if not self.budget_s > 0:
+            raise ValueError(f"RetryPolicy.budget_s must be positive, found {self.budget_s}")
 
     def delays(self) -> Iterator[float]:
         for attempt in range(self.attempts):
             yield 0.0 if attempt == 0 else self.backoff_s * 2 ** (attempt - 1)
+
+    def allows(self, elapsed_s: float, delay_s: float, slowest_s: float = 0.0) -> bool:
+        """Whether an attempt started after ``delay_s`` more seconds could still end within the budget."""
+        worst = max(self.call_timeout_s, slowest_s)
+        return elapsed_s + delay_s + worst <= self.budget_s
 
 
 def run_examples(
@@ -42,9 +74,10 @@ def run_examples(
     *,
     retry: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[ExampleRecord]:
     """Run ``program(symptoms=...)`` on every example and record the outcome of each."""
-    return [run_one(program, program_name, example, retry=retry, sleep=sleep) for example in examples]
+    return [run_one(program, program_name, example, retry=retry, sleep=sleep, clock=clock) for example in examples]
 
 
 def run_one(
@@ -54,28 +87,39 @@ def run_one(
     *,
     retry: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> ExampleRecord:
-    """Run one example with retries; never raises for LM or parse failures."""
+    """Run one example with retries within the budget; never raises for LM or parse failures.
+
+    The record's ``latency_ms`` is the wall time of the whole example: every attempt and wait.
+    """
     import dspy
 
     error: str | None = None
+    down: str | None = None
+    attempts = 0
+    slowest = 0.0
+    started = clock()
     for delay in retry.delays():
+        if attempts and not retry.allows(clock() - started, delay, slowest):
+            break
         sleep(delay)
-        started = time.perf_counter()
+        attempts += 1
+        attempt_started = clock()
         try:
             with dspy.track_usage() as usage:
                 prediction = program(symptoms=example.symptoms)
         except Exception as exc:  # any LM/adapter failure becomes a recorded error
-            error = one_line(exc)
-            latency_ms = (time.perf_counter() - started) * 1000
+            error, down = error_line(exc), lm_down_reason(exc)
+            slowest = max(slowest, clock() - attempt_started)
             continue
-        latency_ms = (time.perf_counter() - started) * 1000
-        return _record(program_name, example, prediction, latency_ms, _tokens(usage))
-    return ExampleRecord(program_name, example.id, example.symptoms, example.diagnosis, None, latency_ms, error=error)
+        return _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
+    return ExampleRecord(program_name, example.id, example.symptoms, example.diagnosis, None,
+                         (clock() - started) * 1000, error=error, attempts=attempts, lm_down=down)
 
 
 def _record(
-    program_name: str, example: Example, prediction: Any, latency_ms: float, tokens: tuple[int, int]
+    program_name: str, example: Example, prediction: Any, latency_ms: float, tokens: tuple[int, int], attempts: int
 ) -> ExampleRecord:
     answer = getattr(prediction, "diagnosis", None)
     label = str(answer).strip().lower() if answer is not None else None
@@ -91,6 +135,7 @@ def _record(
         completion_tokens=tokens[1],
         error=None if valid else f"answer outside the 22 labels: {str(answer)[:80]!r}",
         cached=tokens == (0, 0),
+        attempts=attempts,
     )
 
 
@@ -107,3 +152,43 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     message = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
     return message[:MAX_ERROR_CHARS]
+
+
+def error_line(exc: BaseException) -> str:
+    """:func:`one_line` for a record; a time-out names the option that sets the limit.
+
+    The LM client's own advice names its internal setting (``Timeouts(read=...)``), which a
+    user of the harness cannot set: that clause is replaced by the CLI option.
+    """
+    if not any(isinstance(link, TimeoutError) or "Timeout" in type(link).__name__ for link in _chain(exc)):
+        return one_line(exc)
+    lines = str(exc).strip().splitlines()
+    message = _CLIENT_TIMEOUT_ADVICE.sub("", lines[0]) if lines else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"{text[:MAX_ERROR_CHARS - len(TIMEOUT_HINT)]}{TIMEOUT_HINT}"
+
+
+def lm_down_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` says the LM is clearly down, or ``None`` (a time-out or any other error is not).
+
+    Clearly down: connection refused, unknown host (DNS), credentials refused (HTTP 401/403).
+    The whole chain is read: litellm and the HTTP clients wrap the socket error.
+    """
+    for link in _chain(exc):
+        text = str(link).lower()
+        if isinstance(link, ConnectionRefusedError) or any(words in text for words in _REFUSED):
+            return "connection refused"
+        if isinstance(link, socket.gaierror) or any(words in text for words in _UNKNOWN_HOST):
+            return "unknown host"
+        if type(link).__name__ in _AUTH_TYPES or getattr(link, "status_code", None) in (401, 403):
+            return "credentials refused"
+    return None
+
+
+def _chain(exc: BaseException, limit: int = 10) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < limit:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__

@@ -195,7 +195,7 @@ class EvalsSession:
             except Exception as exc:  # llama.cpp, mlx and litellm raise many types
                 from evals.runner import one_line
 
-                raise LMUnavailable(f"LM {spec.spec!r} cannot be loaded: {one_line(exc)}") from None
+                raise LMUnavailable(f"LM {spec.spec!r} cannot be loaded: {one_line(exc)}; check --evals-lm") from None
             dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
             self._cache["lm"] = lm
         return self._cache["lm"]
@@ -274,12 +274,18 @@ class EvalsSession:
         }
 
     def evaluate(self, program: str, diagnosis: str) -> DiagnosisOutcome:
-        """Run ``program`` on the sampled examples of ``diagnosis`` and check its recall floor."""
+        """Run ``program`` on the sampled examples of ``diagnosis`` and check its recall floor.
+
+        A diagnosis with no example in the sample skips its test (nothing to measure is no pass).
+        """
         from evals.gate import diagnosis_failure
-        from evals.runner import run_examples
+        from evals.runner import RetryPolicy, run_examples
 
         examples = [e for e in self.examples() if e.diagnosis == diagnosis]
-        records = run_examples(self.program(program), program, examples)
+        if not examples:
+            pytest.skip(f"no examples of {diagnosis!r} in the {self.settings['split']} sample")
+        retry = RetryPolicy(budget_s=self.settings["example-budget"], call_timeout_s=self.settings["timeout"])
+        records = run_examples(self.program(program), program, examples, retry=retry)
         self._check_lm_alive(records)
         correct = sum(record.correct for record in records)
         limits = self.thresholds().for_program(program)
@@ -294,12 +300,20 @@ class EvalsSession:
         return events
 
     def _check_lm_alive(self, records: list[ExampleRecord]) -> None:
-        """Stop at the first test if the LM never answered at all (down, unreachable, timing out)."""
+        """Until the LM first answers, stop if it is clearly down: every call refused (connection, host, key).
+
+        A time-out or a hang is not clearly down: those examples stay recorded errors and the session
+        goes on. The records travel with the stop, so that what was gathered is still written.
+        """
         if self.lm_answered or not records:
             return
-        if all(r.error and not r.error.startswith(ANSWERED_ERRORS) for r in records):
-            raise LMUnavailable(f"LM {self.lm_spec().spec!r} is unavailable: {records[0].error}")
-        self.lm_answered = True
+        if any(not r.error or r.error.startswith(ANSWERED_ERRORS) for r in records):
+            self.lm_answered = True
+        elif all(r.lm_down for r in records):
+            from evals.lm import unavailable_line
+
+            first = records[0]
+            raise LMUnavailable(unavailable_line(self.lm_spec(), str(first.lm_down), str(first.error)), records)
 
     def stability(self, program: str, example: Example, text: str, perturbations: tuple[str, ...]) -> Any:
         """Run ``program`` on an example and on a perturbed copy of its text; compare the answers."""

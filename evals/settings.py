@@ -99,6 +99,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("temperature", "0", "Sampling temperature of the LM", _temperature),
     Option("max-tokens", "384", "Completion token budget per LM call", _positive_int),
     Option("timeout", "120", "Seconds before one LM call times out", _positive_float),
+    Option("example-budget", "300", "Wall-clock seconds for one example, every retry and wait included; "
+           "no retry starts that could not end within it", _positive_float),
     Option("data-dir", None, "Local directory with train.jsonl and test.jsonl (default: the Hugging Face Hub)"),
     Option("split", "test", "Split to evaluate: train, val or test", _split),
     Option("per-diagnosis", "2", "Examples per diagnosis to evaluate, or 'all'", parse_per_diagnosis),
@@ -162,7 +164,23 @@ def resolve(
         values[option.name] = _parse(option, text, source)
         sources[option.name] = source
     values["trigger"] = values["trigger"] or ("ci" if environ.get("CI", "").lower() in ("1", "true") else "local")
+    _check_budget(values, sources)
     return Settings(values=values, rootdir=rootdir, sources=sources, invocation_dir=invocation_dir)
+
+
+def _check_budget(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """One LM call must fit in the example budget, or the budget would not bound anything."""
+    if values["timeout"] > values["example-budget"]:
+        raise ConfigError(
+            f"{_where('timeout', sources)} {values['timeout']:g} s is longer than "
+            f"{_where('example-budget', sources)} {values['example-budget']:g} s: one LM call must fit in the "
+            "budget of one example; raise --evals-example-budget or lower --evals-timeout"
+        )
+
+
+def _where(name: str, sources: Mapping[str, str]) -> str:
+    source = sources[name]
+    return f"{OPTIONS_BY_NAME[name].cli} (default)" if source == "default" else source
 
 
 def _raw(option: Option, cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str]

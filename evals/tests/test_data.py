@@ -221,14 +221,45 @@ def test_missing_test_file(tiny_data_dir: Path) -> None:
 def test_malformed_json_names_the_line(tiny_data_dir: Path) -> None:
     path = corrupt(tiny_data_dir, "train", 17, '{"output_text": "allergy", "input_text": "no closing brace"')
     message = config_error(tiny_data_dir)
-    assert message.startswith(f"{path}:17: malformed JSON line")
+    assert message == f"{path}:17: not valid JSON: expecting ',' delimiter at column 60"
 
 
 def test_line_numbers_count_blank_lines(tiny_data_dir: Path) -> None:
     path = tiny_data_dir / "test.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join(["", "  ", *lines[:3], "not json", *lines[3:]]) + "\n", encoding="utf-8")
-    assert config_error(tiny_data_dir).startswith(f"{path}:6: malformed JSON line")
+    assert config_error(tiny_data_dir) == f"{path}:6: not valid JSON: expecting value at column 1"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"output_text": "allergy", "input_text": "tab\there"}', "invalid control character at column 46"),
+        ('{"output_text": "allergy", "input_text": "unterminated', "unterminated string starting at column 42"),
+        ('{"output_text": "allergy"} trailing', "extra data at column 28"),
+        ("{output_text: 1}", "expecting property name enclosed in double quotes at column 2"),
+    ],
+)
+def test_json_errors_read_naturally(tiny_data_dir: Path, text: str, problem: str) -> None:
+    path = corrupt(tiny_data_dir, "test", 17, text)
+    message = config_error(tiny_data_dir)
+    assert message == f"{path}:17: not valid JSON: {problem}"
+    assert " at at " not in message
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("content", ["", "\n\n", "  \n\t\n \n"])
+def test_empty_or_blank_file_is_one_line(tiny_data_dir: Path, split: str, content: str) -> None:
+    path = tiny_data_dir / f"{split}.jsonl"
+    path.write_text(content, encoding="utf-8")
+    assert config_error(tiny_data_dir) == f"{path}: no rows"
+
+
+def test_no_rows_from_the_hub_is_one_line() -> None:
+    from evals.data import validate_rows
+
+    with pytest.raises(ConfigError, match=r"^test split: no rows$"):
+        validate_rows([], "test")
 
 
 def test_blank_lines_are_skipped(tiny_data_dir: Path) -> None:

@@ -12,7 +12,15 @@ import pytest
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
 from evals.llama_engine import _json_schema, _options
-from evals.lm import KNOWN_FORMS, SMOLLM2_FILE, LMSpec, build_lm, parse_lm_spec, smollm2_path, worker_threads
+from evals.lm import (
+    KNOWN_FORMS,
+    SMOLLM2_FILE,
+    LMSpec,
+    build_lm,
+    parse_lm_spec,
+    smollm2_path,
+    worker_threads,
+)
 
 SCHEMA = {"type": "object", "properties": {"diagnosis": {"type": "string", "enum": list(DIAGNOSES)}},
           "required": ["diagnosis"]}
@@ -81,6 +89,28 @@ def test_provider_model_with_api_base() -> None:
     spec = parse_lm_spec("openai/gpt-4o-mini", api_base="http://localhost:8000/v1", timeout_s=30)
     assert spec == LMSpec("litellm", "openai/gpt-4o-mini", "openai/gpt-4o-mini", api_base="http://localhost:8000/v1",
                           timeout_s=30)
+
+
+def test_a_provider_lm_does_not_retry_inside_the_harness_retries() -> None:
+    lm = build_lm(parse_lm_spec("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1", timeout_s=7), cache=False)
+    assert lm.num_retries == 0  # the harness retries within --evals-example-budget (evals.runner)
+    assert lm.kwargs["timeout"] == 7
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "hint"),
+    [
+        ({"api_base": "http://localhost:8000/v1"}, "connection refused",
+         "is a server listening at --evals-lm-api-base http://localhost:8000/v1?"),
+        ({}, "unknown host", "check --evals-lm openai/gpt-4o-mini and the network"),
+        ({}, "credentials refused", "check the API key (OPENAI_API_KEY) for --evals-lm openai/gpt-4o-mini"),
+    ],
+)
+def test_unavailable_line_names_the_option(spec: dict[str, Any], reason: str, hint: str) -> None:
+    from evals.lm import unavailable_line
+
+    line = unavailable_line(parse_lm_spec("openai/gpt-4o-mini", **spec), reason, "LMTransportError: failed")
+    assert line == f"LM 'openai/gpt-4o-mini' is unavailable ({reason}): LMTransportError: failed; {hint}"
 
 
 @pytest.mark.parametrize("text", ["gpt4", "llama.bin", "/openai"])

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+
 import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
 from evals.data import Example
-from evals.runner import MAX_ERROR_CHARS, RetryPolicy, one_line, run_examples, run_one
+from evals.records import ExampleRecord
+from evals.runner import (
+    MAX_ERROR_CHARS,
+    RetryPolicy,
+    lm_down_reason,
+    one_line,
+    run_examples,
+    run_one,
+)
 from programs.signatures import Diagnose
 
 EXAMPLES = (
@@ -166,3 +176,175 @@ def test_records_round_trip() -> None:
 
     record = run_one(Flaky(failures=1), "p", EXAMPLES[0], retry=RetryPolicy(attempts=2, backoff_s=0), sleep=Sleeps())
     assert ExampleRecord.from_dict(record.to_dict()) == record
+
+
+# --- the example budget, attempts and total latency --------------------------------------------
+
+
+class FakeClock:
+    """A clock that only moves when the program or ``sleep`` says time passed (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.delays: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.now += seconds
+
+
+class Slow:
+    """A program whose every call takes ``seconds`` on the fake clock, then raises (or answers)."""
+
+    def __init__(self, clock: FakeClock, seconds: float, failures: int = 10**6,
+                 error: Callable[[], Exception] = lambda: TimeoutError("the LM did not answer in time")) -> None:
+        self.clock, self.seconds, self.failures, self.error = clock, seconds, failures, error
+        self.calls = 0
+
+    def __call__(self, *, symptoms: str) -> dspy.Prediction:
+        self.calls += 1
+        self.clock.now += self.seconds
+        if self.calls <= self.failures:
+            raise self.error()
+        return dspy.Prediction(diagnosis="allergy")
+
+
+def run_timed(program: Slow, clock: FakeClock, policy: RetryPolicy) -> ExampleRecord:
+    return run_one(program, "p", EXAMPLES[0], retry=policy, sleep=clock.sleep, clock=clock)
+
+
+def test_budget_bounds_the_total_time_of_an_always_timing_out_lm() -> None:
+    clock = FakeClock()
+    program = Slow(clock, seconds=40)  # each call runs into a 40 s per-call timeout
+    record = run_timed(program, clock, RetryPolicy(attempts=10, backoff_s=0.5, budget_s=100, call_timeout_s=40))
+    # 40 s, wait 0.5 s, 40 s: a third attempt (after 1 s more) could end at 121.5 s > 100 s.
+    assert program.calls == record.attempts == 2
+    assert record.latency_ms == pytest.approx(80_500)
+    assert record.latency_ms <= 100_000
+    assert record.error is not None and record.invalid
+    assert record.error.startswith("TimeoutError: the LM did not answer in time")
+
+
+@pytest.mark.parametrize(("budget", "timeout", "seconds"), [(300, 120, 120), (50, 10, 3), (1000, 60, 59.9), (30, 30, 30)])
+def test_total_time_never_exceeds_the_budget(budget: float, timeout: float, seconds: float) -> None:
+    clock = FakeClock()
+    record = run_timed(Slow(clock, seconds), clock, RetryPolicy(attempts=50, budget_s=budget, call_timeout_s=timeout))
+    assert record.latency_ms <= budget * 1000
+    assert record.attempts >= 1
+
+
+def test_a_slow_call_without_a_timeout_stops_the_retries_by_its_own_duration() -> None:
+    clock = FakeClock()
+    program = Slow(clock, seconds=70)  # an in-process engine that ignores the per-call timeout
+    record = run_timed(program, clock, RetryPolicy(attempts=5, backoff_s=0.5, budget_s=100, call_timeout_s=10))
+    assert program.calls == record.attempts == 1
+    assert record.latency_ms == pytest.approx(70_000)
+
+
+def test_fast_failures_use_every_attempt_within_the_budget() -> None:
+    clock = FakeClock()
+    program = Slow(clock, seconds=0.01, error=lambda: ConnectionResetError("reset by peer"))
+    record = run_timed(program, clock, RetryPolicy(attempts=3, backoff_s=0.5, budget_s=300, call_timeout_s=120))
+    assert program.calls == record.attempts == 3
+    assert clock.delays == [0.0, 0.5, 1.0]
+
+
+def test_latency_is_the_total_of_every_attempt_and_wait() -> None:
+    clock = FakeClock()
+    program = Slow(clock, seconds=2.0, failures=1)
+    record = run_timed(program, clock, RetryPolicy(attempts=3, backoff_s=0.5, budget_s=300, call_timeout_s=10))
+    assert (record.predicted, record.error, record.attempts) == ("allergy", None, 2)
+    assert record.latency_ms == pytest.approx(4_500)  # 2 s + 0.5 s + 2 s, not the last attempt's 2 s
+
+
+def test_an_answer_at_once_is_one_attempt() -> None:
+    clock = FakeClock()
+    record = run_timed(Slow(clock, seconds=1.5, failures=0), clock, RetryPolicy())
+    assert (record.attempts, record.latency_ms) == (1, pytest.approx(1_500))
+
+
+def test_the_default_policy_bounds_an_example_by_the_default_budget() -> None:
+    from evals.settings import OPTIONS_BY_NAME
+
+    policy = RetryPolicy()
+    assert policy.budget_s == float(OPTIONS_BY_NAME["example-budget"].default or 0)
+    assert policy.call_timeout_s == float(OPTIONS_BY_NAME["timeout"].default or 0)
+
+
+def test_attempts_and_lm_down_round_trip() -> None:
+    from evals.records import ExampleRecord
+
+    clock = FakeClock()
+    record = run_timed(Slow(clock, 0.1, error=lambda: ConnectionRefusedError(111, "Connection refused")), clock,
+                       RetryPolicy(attempts=2, backoff_s=0))
+    assert (record.attempts, record.lm_down) == (2, "connection refused")
+    assert ExampleRecord.from_dict(record.to_dict()) == record
+    old = {k: v for k, v in record.to_dict().items() if k not in ("attempts", "lm_down")}
+    assert ExampleRecord.from_dict(old).attempts == 1  # records written before the field still load
+
+
+# --- when is the LM clearly down --------------------------------------------------------------
+
+
+def chained(outer: Exception, inner: BaseException) -> Exception:
+    """``outer`` as if raised ``from inner`` (how the LM clients wrap socket errors)."""
+    outer.__cause__ = inner
+    return outer
+
+
+class AuthenticationError(Exception):
+    """Named like litellm's and openai's."""
+
+
+class APIStatusError(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"status {status_code}")
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (chained(RuntimeError("Connection error."), ConnectionRefusedError(111, "Connection refused")),
+         "connection refused"),
+        (OSError("[Errno 111] Connection refused"), "connection refused"),
+        (socket.gaierror(-2, "Name or service not known"), "unknown host"),
+        (chained(RuntimeError("APIConnectionError: Connection error."),
+                 OSError("[Errno -3] Temporary failure in name resolution")), "unknown host"),
+        (AuthenticationError("Incorrect API key provided"), "credentials refused"),
+        (APIStatusError(401), "credentials refused"),
+        (APIStatusError(403), "credentials refused"),
+        (APIStatusError(500), None),
+        (TimeoutError("timed out"), None),
+        (chained(RuntimeError("Connection error."), TimeoutError("read timed out")), None),
+        (ConnectionResetError("reset by peer"), None),
+        (ValueError("Expecting value"), None),
+    ],
+)
+def test_lm_down_reason(exc: BaseException, reason: str | None) -> None:
+    assert lm_down_reason(exc) == reason
+
+
+def test_a_timing_out_lm_is_not_marked_down() -> None:
+    clock = FakeClock()
+    record = run_timed(Slow(clock, 5), clock, RetryPolicy(attempts=2, budget_s=60, call_timeout_s=10))
+    assert record.error is not None and record.lm_down is None
+
+
+def test_a_time_out_names_the_cli_option_not_the_clients_setting() -> None:
+    from evals.runner import TIMEOUT_HINT, error_line
+
+    class LMTransportError(Exception):
+        pass
+
+    exc = chained(LMTransportError("[openai/m] read timed out waiting for headers: no bytes for 2s; this is lm15's "
+                                   "read timeout, not a server failure — raise it with Timeouts(read=...) if the "
+                                   "model needs longer"), TimeoutError("timed out"))
+    assert error_line(exc) == f"LMTransportError: [openai/m] read timed out waiting for headers: no bytes for 2s{TIMEOUT_HINT}"
+    assert "--evals-timeout" in TIMEOUT_HINT
+    assert error_line(ValueError("bad json")) == "ValueError: bad json"
+    assert len(error_line(TimeoutError("x" * 5000))) == MAX_ERROR_CHARS

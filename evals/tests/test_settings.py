@@ -110,6 +110,8 @@ BAD_VALUES = [
     ("no-cache", "2"),
     ("max-tokens", "0"),
     ("timeout", "-1"),
+    ("example-budget", "0"),
+    ("example-budget", "soon"),
     ("seed", "abc"),
 ]
 
@@ -144,6 +146,29 @@ def test_error_names_the_winning_source_only() -> None:
 def test_timeout_nan_is_refused() -> None:
     with pytest.raises(ConfigError, match="--evals-timeout"):
         settle(cli={dest("timeout"): "nan"})
+
+
+def test_example_budget_default_and_layers() -> None:
+    assert settle()["example-budget"] == 300.0
+    assert settle(environ={env("example-budget"): "45.5"}, cli={dest("timeout"): "30"})["example-budget"] == 45.5
+    assert settle(ini_={ini("example-budget"): "600"}, cli={dest("timeout"): "500"})["timeout"] == 500.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"cli": {"evals_timeout": "600"}},
+         "--evals-timeout 600 s is longer than --evals-example-budget (default) 300 s"),
+        ({"environ": {"EVALS_EXAMPLE_BUDGET": "10"}},
+         "--evals-timeout (default) 120 s is longer than environment variable EVALS_EXAMPLE_BUDGET 10 s"),
+    ],
+)
+def test_a_call_longer_than_the_example_budget_is_refused(kwargs: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settle(**kwargs)
+    message = str(info.value)
+    assert message.startswith(expected)
+    assert "--evals-example-budget" in message and "\n" not in message
 
 
 def test_path_is_relative_to_rootdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
