@@ -145,6 +145,8 @@ def _verdict(summary: SessionSummary) -> dict[str, Any]:
     result = verdict(summary.checks)
     result["passed"] = summary.passed
     result["incomplete"] = summary.incomplete
+    result["regression"] = (summary.regression.to_json() if summary.regression is not None
+                            else {"status": "none", "reason": "not run", "programs": {}})
     return result
 
 
@@ -166,6 +168,10 @@ def _session_json(session: EvalsSession, summary: SessionSummary) -> dict[str, A
             "evals.complete": str(not summary.incomplete).lower(),
             "evals.programs": ",".join(summary.metrics),
             "git.branch": summary.params.get("git.branch", ""),
+            # The regression gate's own result: `unavailable` keeps a session from promotion even
+            # when `regression.on_unavailable: warn` left evals.verdict at pass.
+            **(summary.regression.tags() if summary.regression is not None
+               else {"evals.regression": "none", "evals.regression.reason": "not run"}),
         },
         # MLflow metric names allow no '+': "zero_shot+knn_few_shot" is logged as "zero_shot/knn_few_shot".
         "metrics": {f"{name.replace('+', '/')}.{key}": value for name in _program_names(summary)
@@ -190,5 +196,11 @@ def _program_json(summary: SessionSummary, name: str) -> dict[str, Any]:
     if summary.robustness is not None:
         metrics.update(summary.robustness.metrics.get(name, {}))
     failed = any(c.failed for c in summary.checks.get(name, []))
+    tags = {}
+    gate = summary.regression.programs.get(name) if summary.regression is not None else None
+    if gate is not None:
+        tags["evals.regression"] = gate.status
+        failed = failed or gate.status == "fail" or (
+            gate.status == "unavailable" and summary.regression.on_unavailable == "fail")
     return {"params": summary.program_params.get(name, {"program.name": name}),
-            "tags": {"evals.verdict": "fail" if failed else "pass"}, "metrics": metrics}
+            "tags": {"evals.verdict": "fail" if failed else "pass", **tags}, "metrics": metrics}

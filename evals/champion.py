@@ -16,6 +16,11 @@ from evals.model_registry import CHAMPION, registered_name
 from evals.records import ExampleRecord
 
 PREDICTIONS_ARTIFACT = "predictions.csv"
+REGRESSION_TAG = "evals.regression"
+"""Session tag: the regression gate's result, pass, fail, unavailable or none (nothing compared)."""
+REGRESSION_REASON_TAG = "evals.regression.reason"
+TOO_WEAK_TAG = "evals.regression.too_weak"
+"""Session tag, set when a comparison could not see the drop ``max_detectable_drop`` requires."""
 
 
 @dataclass(frozen=True)
@@ -35,15 +40,33 @@ def client_for(tracking_uri: str) -> Any:
 
 
 def find_champion(tracking_uri: str, program: str) -> Champion | None:
-    """The current champion of ``program`` with its recorded predictions, or None."""
-    from mlflow.exceptions import MlflowException
+    """The current champion of ``program`` with its recorded predictions, or None when it has none.
 
+    Raises:
+        Exception: Whatever MLflow raised when the lookup failed for another reason than a
+            missing model or alias (server down, HTTP 5xx, a broken database): "no champion"
+            must not hide an outage, or a regressed session would pass.
+    """
     client = client_for(tracking_uri)
     try:
         version = client.get_model_version_by_alias(registered_name(program), CHAMPION)
-    except MlflowException:
-        return None
+    except Exception as exc:
+        if is_missing(exc):
+            return None
+        raise
     return Champion(program, str(version.version), version.run_id, tuple(run_records(client, version.run_id, program)))
+
+
+def is_missing(exc: BaseException) -> bool:
+    """True when MLflow answered that the registered model or its alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # The stores answer a missing alias with INVALID_PARAMETER_VALUE "... alias champion not found".
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
 
 
 def baseline_from_run(tracking_uri: str, run_id: str, program: str) -> Champion | None:
@@ -85,6 +108,11 @@ def promotion_blockers(session_tags: dict[str, str], params: dict[str, str], req
         blockers.append("the session is incomplete (a worker crashed, it was interrupted or diagnoses were skipped)")
     if session_tags.get("evals.verdict") != "pass":
         blockers.append("a gate failed (thresholds or regression against the champion)")
+    if session_tags.get(REGRESSION_TAG) == "unavailable":
+        reason = session_tags.get(REGRESSION_REASON_TAG, "")
+        blockers.append("the regression gate could not run" + (f" ({reason})" if reason else ""))
+    if session_tags.get(TOO_WEAK_TAG):
+        blockers.append(session_tags[TOO_WEAK_TAG])
     for key, expected in required.items():
         found = params.get(key)
         if found != expected:

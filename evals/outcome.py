@@ -188,6 +188,7 @@ def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
     redactor = Redactor.from_config(_redact_patterns(session))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(session.started_at))
     bundle = settings.path("report-dir") / f"{stamp}-{session.session_id[:8]}"
+    _write_gate_summary(bundle / "artifacts", summary)
     write_bundle(bundle, session, summary, redactor.text)
     summary.bundle_dir = bundle
     if settings["no-mlflow"]:
@@ -199,6 +200,17 @@ def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
                              "upload it with: python -m evals sync")
         return
     _log(session, summary, bundle, redactor)
+
+
+def _write_gate_summary(artifacts: Path, summary: SessionSummary) -> None:
+    """The regression gate's result and warnings: artifacts/regression.md, and the GitHub job summary."""
+    from evals.bundle import _write_markdown
+    from evals.champion_gate import gate_markdown
+
+    if summary.regression is None or not summary.regression.programs:
+        return
+    artifacts.mkdir(parents=True, exist_ok=True)
+    _write_markdown(artifacts / "regression.md", gate_markdown(summary.regression))
 
 
 def _spool(session: EvalsSession, bundle: Path, redactor: Any, reason: str) -> Path:

@@ -21,6 +21,11 @@ Decision rules (``alpha``, ``max_drop`` and the others come from :class:`Regress
   examples and the candidate's Wilson upper bound is below the champion's recall minus
   ``max_diagnosis_drop``. Over ~10 examples that needs a large drop (10/10 to 5/10), so noise
   rarely fires it; diagnoses with less support are ``report only``.
+
+Each comparison also states its power (:mod:`evals.power`): the smallest true accuracy drop
+the accuracy rule would catch with 80% probability on these ``n`` examples. On 22 examples
+that is ~0.5, so a passing comparison there says little; ``max_detectable_drop`` makes
+promotion refuse such a comparison.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -38,8 +44,10 @@ from evals.records import ExampleRecord
 from evals.thresholds import _found, _is_int, _is_number, _Location
 
 MismatchMode = Literal["refuse", "intersect"]
+UnavailableMode = Literal["fail", "warn"]
 Verdict = Literal["regression", "improvement", "ok", "report only"]
 MISMATCH_MODES: tuple[str, ...] = ("refuse", "intersect")
+UNAVAILABLE_MODES: tuple[str, ...] = ("fail", "warn")
 MIN_BOOTSTRAP_SAMPLES = 100
 _K = len(DIAGNOSES)  # label index _K stands for an invalid answer
 _LABEL_INDEX = {diagnosis: i for i, diagnosis in enumerate(DIAGNOSES)}
@@ -60,6 +68,11 @@ class RegressionPolicy:
         bootstrap_samples: Resamples of the paired bootstrap.
         seed: Seed of the bootstrap, so that a comparison is reproducible.
         on_mismatch: ``"refuse"`` when the example ids differ, or ``"intersect"``.
+        on_unavailable: What a champion lookup that failed does to the session: ``"fail"``
+            it or ``"warn"``; None picks ``"fail"`` under CI or ``--evals-promote``
+            (:meth:`unavailable_mode`).
+        max_detectable_drop: When set, promotion refuses a comparison whose minimum
+            detectable accuracy drop (80% power) is larger.
     """
 
     alpha: float = 0.05
@@ -69,11 +82,19 @@ class RegressionPolicy:
     bootstrap_samples: int = 2000
     seed: int = 0
     on_mismatch: MismatchMode = "refuse"
+    on_unavailable: UnavailableMode | None = None
+    max_detectable_drop: float | None = None
 
     @property
     def confidence(self) -> str:
         """The interval level as people write it, e.g. ``"95%"``."""
         return f"{(1 - self.alpha) * 100:g}%"
+
+    def unavailable_mode(self, trigger: str, promote: bool) -> UnavailableMode:
+        """``on_unavailable``, or its default: ``"fail"`` when the trigger is ci or promoting, else ``"warn"``."""
+        if self.on_unavailable is not None:
+            return self.on_unavailable
+        return "fail" if trigger == "ci" or promote else "warn"
 
 
 class ComparisonRefused(Exception):
@@ -142,6 +163,24 @@ class Comparison:
     only_in_candidate: int = 0
     only_in_champion: int = 0
 
+    @cached_property
+    def min_detectable_drop(self) -> float:
+        """Smallest true accuracy drop the accuracy rule catches with 80% probability on these
+        ``n`` examples, at the observed discordance (:mod:`evals.power`); 1.0 when none is."""
+        from evals.power import discordance_estimate, minimum_detectable_drop
+
+        discordance = discordance_estimate(self.n, self.mcnemar_b, self.mcnemar_c)
+        return minimum_detectable_drop(self.n, discordance, self.policy.alpha, self.policy.max_drop)
+
+    def too_weak(self) -> str | None:
+        """Why the comparison is too weak for ``max_detectable_drop``, or None."""
+        limit = self.policy.max_detectable_drop
+        found = self.min_detectable_drop
+        if limit is None or found <= limit:
+            return None
+        return (f"{self.program}: comparison too weak: on n={self.n} it could only see accuracy drops of "
+                f"≥ {found:.2f}, thresholds require {limit:.2f} (regression.max_detectable_drop)")
+
     @property
     def deltas(self) -> tuple[Delta, ...]:
         """Accuracy, macro-F1, then recall of each diagnosis present, in label order."""
@@ -190,6 +229,8 @@ _RULES: dict[str, Rule] = {
                           f"a whole number >= {MIN_BOOTSTRAP_SAMPLES}"),
     "seed": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "on_mismatch": (lambda v: v in MISMATCH_MODES, " or ".join(map(repr, MISMATCH_MODES))),
+    "on_unavailable": (lambda v: v in UNAVAILABLE_MODES, " or ".join(map(repr, UNAVAILABLE_MODES))),
+    "max_detectable_drop": (lambda v: _is_number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
 }
 
 
@@ -200,7 +241,13 @@ def parse_regression_policy(raw: Mapping[str, object] | None, source: str) -> Re
         ConfigError: An unknown key or a value out of range, naming the file, key path,
             value found and what is allowed; None or ``{}`` gives the defaults.
     """
-    return RegressionPolicy(**parse_section(raw, source, "regression", _RULES, RegressionPolicy()))
+    policy = RegressionPolicy(**parse_section(raw, source, "regression", _RULES, RegressionPolicy()))
+    limit = policy.max_detectable_drop
+    if limit is not None and limit <= policy.max_drop:
+        # A true drop of max_drop is flagged at most half the time: every comparison would be too weak.
+        raise _Location(source, "regression").child("max_detectable_drop").error(
+            f"expected a number above max_drop ({policy.max_drop:g}) and at most 1, found {_found(limit)}")
+    return policy
 
 
 def parse_section(
@@ -228,7 +275,10 @@ def parse_section(
         accepts, allowed = rules[key]
         if not accepts(value):
             raise where.child(key).error(f"expected {allowed}, found {_found(value)}")
-        values[key] = type(getattr(defaults, key))(value)
+        default = getattr(defaults, key)
+        # Optional keys (default None) keep their value; numbers become floats.
+        values[key] = type(default)(value) if default is not None else (
+            float(value) if _is_number(value) else value)
     return values
 
 
@@ -470,6 +520,8 @@ def _markdown(c: Comparison) -> str:
     flagged += [f"- ✅ {line}" for line in c.improvements()]
     flagged += [f"- ℹ️ {line}" for line in c.notes()]
     lines += [*(flagged or ["No regression and no improvement beyond noise and tolerance."]), ""]
+    lines += [f"Power: on these {c.n} examples the gate catches a true accuracy drop of "
+              f"{_num(c.min_detectable_drop)} or more with 80% probability (minimum detectable drop).", ""]
     lines += [f"| Metric | Champion | Candidate | Δ | {level} CI of Δ | p | Verdict |",
               "|---|---:|---:|---:|---|---:|---|"]
     for d in (c.accuracy, c.macro_f1):

@@ -40,6 +40,8 @@ def render_summary(session: EvalsSession, summary: SessionSummary, terminalrepor
         terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
     for name, version in summary.registered.items():
         terminalreporter.write_line(f"registered {name} version {version} as 'candidate'")
+    for line in summary.regression.info if summary.regression is not None else ():
+        terminalreporter.write_line(line, cyan=True)
     for line in summary.promotions:
         terminalreporter.write_line(line, yellow="refused" in line, green="refused" not in line)
     for note in summary.notes:

@@ -26,7 +26,8 @@ SHARED_DATA = Path(
 def _isolated_from_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Harness tests configure their eval projects themselves: no EVALS_* or MLflow variable leaks in."""
     for name in list(os.environ):
-        if name.startswith("EVALS_") or name in ("MLFLOW_TRACKING_URI", "GITHUB_STEP_SUMMARY"):
+        # CI picks the default trigger (and with it how strict the regression gate is).
+        if name.startswith("EVALS_") or name in ("MLFLOW_TRACKING_URI", "GITHUB_STEP_SUMMARY", "CI"):
             monkeypatch.delenv(name)
 
 SYMPTOM_WORDS = ("itchy", "burning", "sore", "swollen", "aching", "dizzy", "tired", "feverish")

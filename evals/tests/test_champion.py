@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from evals.champion import promotion_blockers
+from evals.champion_gate import is_local_store
+from evals.tests.mlflow_server import QUIET_ENV
 from evals.tests.test_plugin import run
 
 
@@ -51,3 +59,65 @@ def test_baseline_run_with_other_examples_is_refused(eval_project: pytest.Pytest
 
     assert other_sample.ret == 1
     other_sample.stdout.fnmatch_lines(["ERROR: zero_shot: *only in*"])
+
+
+LOOKUP = """
+import json, sys
+from evals.champion import find_champion
+from evals.tracking import TrackingUnavailable, mlflow_errors
+uri = sys.argv[1]
+try:
+    with mlflow_errors(uri):
+        print(json.dumps({"champion": None if find_champion(uri, "zero_shot") is None else "found"}))
+except TrackingUnavailable as exc:
+    print(json.dumps({"unavailable": str(exc)}))
+"""
+
+
+def lookup(uri: str) -> dict[str, str | None]:
+    """find_champion in a fresh interpreter (pytester's sys.modules juggling breaks SQLAlchemy here)."""
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **QUIET_ENV}
+    done = subprocess.run([sys.executable, "-c", LOOKUP, uri], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout.splitlines()[-1]))
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.end_headers()
+        self.wfile.write(b"upstream database down")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_missing_champion_is_none_but_a_failing_lookup_is_not(tmp_path: Path) -> None:
+    assert lookup(f"sqlite:///{tmp_path / 'fresh.db'}") == {"champion": None}  # no model registered yet
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answer = lookup(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert set(answer) == {"unavailable"} and f"127.0.0.1:{server.server_port}" in str(answer["unavailable"])
+
+
+def test_promotion_blockers_refuse_an_unavailable_gate_and_a_weak_comparison() -> None:
+    passed = {"evals.complete": "true", "evals.verdict": "pass"}
+    assert promotion_blockers({**passed, "evals.regression": "pass"}, {}, {}) == []
+    assert promotion_blockers({**passed, "evals.regression": "none"}, {}, {}) == []  # no champion yet
+    unavailable = {**passed, "evals.regression": "unavailable", "evals.regression.reason": "MLflow at x unreachable"}
+    assert promotion_blockers(unavailable, {}, {}) == ["the regression gate could not run (MLflow at x unreachable)"]
+    weak = {**passed, "evals.regression": "pass", "evals.regression.too_weak": "knn: comparison too weak: ..."}
+    assert promotion_blockers(weak, {}, {}) == ["knn: comparison too weak: ..."]
+
+
+@pytest.mark.parametrize(
+    ("uri", "local"),
+    [("sqlite:///mlflow.db", True), ("mlruns", True), ("file:///tmp/mlruns", True), ("C:\\mlruns", True),
+     ("http://mlflow.internal:5000", False), ("https://x.example", False), ("postgresql://u@db/mlflow", False),
+     ("databricks", False), ("databricks://profile", False)],
+)
+def test_local_stores_are_recognised(uri: str, local: bool) -> None:
+    assert is_local_store(uri) is local
