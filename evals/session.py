@@ -72,6 +72,7 @@ class EvalsSession:
         self.compile_events: list[Any] = []
         self.lm_answered = False
         self.fatal: str | None = None
+        self.sigterm: Any = None  # the controller's SIGTERM trap (evals.signals), set at session start
 
     # ----- resources (any process) -----
 
@@ -349,6 +350,10 @@ class EvalsSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
+        from evals.signals import trap_sigterm
+
+        # A CI runner cancels with SIGTERM: stop like Ctrl-C, so what was gathered is spooled.
+        self.sigterm = trap_sigterm()
         if self.settings["lm-server"]:
             self.start_lm_server()
         # Fail fast, before any worker starts or any LM call: bad program names, a bad thresholds.yaml.
@@ -377,6 +382,9 @@ class EvalsSession:
         except KeyboardInterrupt:
             self.state.interrupted = True
             raise
+        finally:
+            if self.sigterm is not None:
+                self.sigterm.disarm()  # the results are complete: a late SIGTERM must not cut the writing
         if not self.is_worker and (self.state.records or self.state.stability):
             from evals.outcome import summarize
 
@@ -400,6 +408,8 @@ class EvalsSession:
             write_and_log(self, self.summary)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.sigterm is not None:
+            self.sigterm.release()
         server = self._cache.pop("lm_server", None)
         if server is not None:
             server.stop()
