@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evals.errors import ConfigError
-from evals.tracking import TrackingUnavailable
+from evals.tracking import TrackingUnavailable, display_uri
 
 DEFAULT_SPOOL = Path(".evals/spool")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -55,7 +55,9 @@ def _configure_sync(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri",
         help="Upload everything here (default: $EVALS_TRACKING_URI, else each bundle's "
-        f"recorded URI, else {DEFAULT_TRACKING_URI})",
+        f"recorded URI, else {DEFAULT_TRACKING_URI}); recorded URIs carry no credentials: "
+        "a server that needs them gets them from this flag or from MLFLOW_TRACKING_USERNAME "
+        "and MLFLOW_TRACKING_PASSWORD",
     )
 
 
@@ -69,7 +71,10 @@ def _run_sync(args: argparse.Namespace) -> int:
         print(f"nothing to sync in {args.spool}")
     for result in results:
         if result.ok:
-            print(f"synced {result.session_id}: run {result.run_id}")
+            candidates = "".join(
+                f"; registered {name} version {version} as 'candidate'" for name, version in result.registered.items()
+            )
+            print(f"synced {result.session_id}: run {result.run_id}{candidates}")
         else:
             print(f"pending {result.session_id}: {result.error}")
     return 0 if all(result.ok for result in results) else 1
@@ -93,7 +98,7 @@ def _run_report(args: argparse.Namespace) -> int:
     sessions = recent_sessions(uri, experiment, args.last)
     console = Console(highlight=False)
     if not sessions:
-        console.print(f"no sessions in experiment {experiment!r} at {uri}")
+        console.print(f"no sessions in experiment {experiment!r} at {display_uri(uri)}")
         return 0
     console.print(sessions_table(sessions))
     if len(sessions) < 2:

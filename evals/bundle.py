@@ -102,10 +102,13 @@ def _write_tables(directory: Path, summary: SessionSummary, redact: Any) -> None
 def _write_program_dir(session: EvalsSession, directory: Path, name: str, m: ProgramMetrics,
                        summary: SessionSummary, redact: Any, png: Path) -> None:
     from evals.model_registry import COMPILED_ARTIFACT
+    from evals.publish import clean_json
     from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / COMPILED_ARTIFACT).write_text(json.dumps(program_state(session, name, summary), indent=1))
+    # Demos in the state are patient texts from the train split: cleaned like every other text.
+    state = clean_json(program_state(session, name, summary), redact)
+    (directory / COMPILED_ARTIFACT).write_text(json.dumps(state, indent=1))
     records = [r for r in summary.records if r.program == name]
     per_diagnosis_frame(m).to_csv(directory / "per_diagnosis.csv", index=False)
     predictions_frame(records, redact).to_csv(directory / "predictions.csv", index=False)

@@ -34,9 +34,9 @@ class Champion:
 
 
 def client_for(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
+    from evals.store import mlflow_client
 
-    return MlflowClient(tracking_uri)
+    return mlflow_client(tracking_uri)
 
 
 def find_champion(tracking_uri: str, program: str) -> Champion | None:

@@ -92,11 +92,10 @@ def check_drift(session: EvalsSession, records: Sequence[ExampleRecord], params:
 
 def _history(uri: str, experiment: str, program: str, sample_fp: str, window: int) -> list[dict[str, Any]]:
     """The most recent runs of ``program`` on the same examples, newest first, with their predictions."""
-    from mlflow.tracking import MlflowClient
-
     from evals.champion import run_records
+    from evals.store import mlflow_client
 
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []

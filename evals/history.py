@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evals.errors import ConfigError
-from evals.tracking import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, mlflow_errors
+from evals.tracking import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, display_uri, mlflow_errors
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -100,14 +100,14 @@ def recent_sessions(tracking_uri: str, experiment: str, last: int = 10) -> list[
     """
     _require_database(tracking_uri)
     with mlflow_errors(tracking_uri):
-        from mlflow.tracking import MlflowClient
+        from evals.store import mlflow_client
 
-        client = MlflowClient(tracking_uri)
+        client = mlflow_client(tracking_uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             names = ", ".join(e.name for e in client.search_experiments()) or "none"
             raise ConfigError(
-                f"experiment {experiment!r} not found at {tracking_uri}; experiments: {names}"
+                f"experiment {experiment!r} not found at {display_uri(tracking_uri)}; experiments: {names}"
             )
         parents = client.search_runs(
             [found.experiment_id],

@@ -25,9 +25,9 @@ def register_candidates(tracking_uri: str, parent_run_id: str) -> dict[str, str]
     Returns:
         Registered model name -> version that now carries the ``candidate`` alias.
     """
-    from mlflow.tracking import MlflowClient
+    from evals.store import mlflow_client
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"

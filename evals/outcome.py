@@ -182,6 +182,7 @@ def compile_params(program: str, events: list[dict[str, Any]]) -> dict[str, str]
 
 def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
     """Write the session bundle (the local report), then log it to MLflow or spool it."""
+    from evals.publish import publishable, scrubber
     from evals.redact import Redactor
 
     settings = session.settings
@@ -189,7 +190,7 @@ def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(session.started_at))
     bundle = settings.path("report-dir") / f"{stamp}-{session.session_id[:8]}"
     _write_gate_summary(bundle / "artifacts", summary)
-    write_bundle(bundle, session, summary, redactor.text)
+    write_bundle(bundle, session, publishable(summary, redactor), scrubber(redactor))  # nothing secret is written
     summary.bundle_dir = bundle
     if settings["no-mlflow"]:
         return
@@ -233,15 +234,15 @@ def _redact_patterns(session: EvalsSession) -> dict[str, str]:
 
 
 def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor: Any) -> None:
-    from evals.model_registry import register_candidates
-    from evals.tracking import TrackingUnavailable, mlflow_errors, run_url_hint, upload_bundle
+    from evals.publish import publish_bundle
+    from evals.tracking import TrackingUnavailable, mlflow_errors, run_url_hint
 
     uri = session.settings["tracking-uri"]
     try:
-        summary.run_id = upload_bundle(bundle, uri, redactor=redactor)
+        published = publish_bundle(bundle, uri, redactor)  # the same as `python -m evals sync` does
+        summary.run_id, summary.registered = published.run_id, published.registered
         with mlflow_errors(uri):
             summary.mlflow_hint = run_url_hint(uri, _experiment_id(uri, summary.run_id), summary.run_id)
-            summary.registered = register_candidates(uri, summary.run_id)
             if session.settings["promote"]:
                 summary.promotions.extend(_promote(session, summary, uri))
     except TrackingUnavailable as exc:

@@ -3,14 +3,21 @@
 Layout::
 
     <spool_dir>/<session_id>/            a pending bundle (a copy of the original)
-    <spool_dir>/<session_id>/spool.json  tracking URI, reason, time and redaction patterns
+    <spool_dir>/<session_id>/spool.json  tracking URI (without credentials), reason, time, redaction
     <spool_dir>/<session_id>/reason.txt  why it was spooled, for humans
     <spool_dir>/synced/<session_id>/     bundles uploaded by :func:`sync_spool`
     <spool_dir>/.lock                    held by a sync, so two syncs never race
 
 A bundle is copied into a hidden temp directory and renamed into place, so a pending entry is
-always complete. It moves to ``synced/`` only after :func:`~evals.tracking.upload_bundle`
-succeeded; an interrupted sync leaves it pending and the next sync's upload is idempotent.
+always complete. A sync publishes it exactly as the live session would have
+(:func:`~evals.publish.publish_bundle`: upload, then register the compiled programs as
+``candidate`` versions) and moves it to ``synced/`` only after both succeeded; an interrupted
+sync leaves it pending and the next sync finds what was done instead of repeating it.
+
+No credential is written to the spool: the tracking URI is recorded without its
+``user:password@`` part. A sync to a server that needs them takes them from ``--tracking-uri`` /
+``$EVALS_TRACKING_URI``, or from MLflow's own ``MLFLOW_TRACKING_USERNAME`` and
+``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``) variables.
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals import secrets
 from evals.errors import ConfigError
+from evals.publish import publish_bundle
 from evals.redact import Redactor
-from evals.tracking import Bundle, TrackingUnavailable, upload_bundle
+from evals.tracking import Bundle, TrackingUnavailable, display_uri
 
 SYNCED = "synced"
 SPOOL_FILE = "spool.json"
@@ -43,12 +52,14 @@ class SyncResult:
         bundle: Where the bundle is now (under ``synced/`` when uploaded).
         run_id: The MLflow parent run id, or ``None`` when the bundle stayed pending.
         error: Why it stayed pending, one line, or ``None``.
+        registered: Registered model name -> version aliased ``candidate`` by this sync.
     """
 
     session_id: str
     bundle: Path
     run_id: str | None = None
     error: str | None = None
+    registered: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -69,7 +80,8 @@ def spool_bundle(
         bundle: A bundle directory (it is left in place).
         spool_dir: The spool; created when missing.
         tracking_uri: Where the bundle should have gone; :func:`sync_spool` uses it by default.
-        reason: Why it is spooled, e.g. the ``TrackingUnavailable`` message.
+            Recorded without credentials.
+        reason: Why it is spooled, e.g. the ``TrackingUnavailable`` message (secrets masked).
         redactor: Recorded so that a later sync redacts exactly as the direct upload would.
 
     Raises:
@@ -110,7 +122,7 @@ def pending(spool_dir: Path) -> list[Path]:
 def sync_spool(
     spool_dir: Path, tracking_uri: str | None = None, *, fallback_uri: str | None = None
 ) -> list[SyncResult]:
-    """Upload every pending bundle; move each one to ``synced/`` once its upload succeeded.
+    """Publish every pending bundle; move each one to ``synced/`` once that succeeded.
 
     A bundle that fails stays pending and the others go on. When a server is unreachable, the
     remaining bundles for the same URI are not tried again in this sync.
@@ -146,14 +158,15 @@ def _sync_one(
     if uri in down:
         return SyncResult(entry.name, entry, error=down[uri])
     try:
-        run_id = upload_bundle(entry, uri, redactor=_redactor(meta))
+        published = publish_bundle(entry, uri, _redactor(meta))
     except TrackingUnavailable as exc:
         if exc.unreachable:
             down[uri] = str(exc)
         return SyncResult(entry.name, entry, error=str(exc))
     except ConfigError as exc:
-        return SyncResult(entry.name, entry, error=str(exc))
-    return SyncResult(entry.name, _move_to_synced(entry, spool_dir), run_id=run_id)
+        return SyncResult(entry.name, entry, error=secrets.scrub_text(str(exc)))
+    synced = _move_to_synced(entry, spool_dir)
+    return SyncResult(entry.name, synced, run_id=published.run_id, registered=published.registered)
 
 
 def _move_to_synced(entry: Path, spool_dir: Path) -> Path:
@@ -173,14 +186,14 @@ def _write_spool_files(
     now = time.time()
     meta: dict[str, Any] = {
         "format": 1,
-        "tracking_uri": tracking_uri,
-        "reason": reason,
+        "tracking_uri": None if tracking_uri is None else display_uri(tracking_uri),
+        "reason": secrets.scrub_text(reason),
         "spooled_at": now,
         "redact": None if redactor is None else [list(pair) for pair in redactor.patterns],
     }
     (copy / SPOOL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-    (copy / REASON_FILE).write_text(f"{stamp}: {reason}\n", encoding="utf-8")
+    (copy / REASON_FILE).write_text(f"{stamp}: {meta['reason']}\n", encoding="utf-8")
 
 
 def _read_meta(entry: Path) -> dict[str, Any]:

@@ -175,11 +175,11 @@ def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None 
         ConfigError: The bundle breaks the contract (nothing was sent).
         TrackingUnavailable: Talking to MLflow failed; one readable line.
     """
+    from evals.store import mlflow_client
+
     session = Bundle.load(bundle)
     with mlflow_errors(tracking_uri):
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
+        client = mlflow_client(tracking_uri)
         experiment_id = ensure_experiment(client, session.experiment, tracking_uri)
         parents = session_runs(client, experiment_id, session.session_id)
         complete = [run for run in parents if run.info.status in TERMINAL_STATUSES]
@@ -191,7 +191,8 @@ def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None 
 
 
 def run_url_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Return where a user can look at a run: a UI URL, or the command that starts a UI."""
+    """Return where a user can look at a run: a UI URL, or the command that starts a UI (no credentials)."""
+    tracking_uri = display_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui --backend-store-uri {tracking_uri}  (run {run_id})"
@@ -199,7 +200,10 @@ def run_url_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 def display_uri(tracking_uri: str) -> str:
     """Return the tracking URI without any ``user:password@`` part."""
-    parts = urlsplit(tracking_uri)
+    try:
+        parts = urlsplit(tracking_uri)
+    except ValueError:  # not a parseable URL: mask whatever looks like credentials
+        return secrets.mask_url_credentials(tracking_uri)
     if "@" not in parts.netloc:
         return tracking_uri
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
@@ -267,9 +271,16 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     A new experiment on a local sqlite store keeps its artifacts in ``mlartifacts/`` next to
     the database file, not in ``./mlruns`` of whatever directory the upload ran from.
     """
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+        except MlflowException as exc:  # another session created it since: use theirs
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise exc from None
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
