@@ -117,14 +117,13 @@ def _configure_promote(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_promote(args: argparse.Namespace) -> int:
-    import yaml
-
     from evals.champion import promote_session
+    from evals.strict_yaml import load_yaml_strict
     from evals.champion_gate import split_policy
     from evals.environment import git_facts
     from evals.tracking import mlflow_errors
 
-    raw = yaml.safe_load(args.thresholds.read_text()) if args.thresholds.is_file() else {}
+    raw = load_yaml_strict(args.thresholds) if args.thresholds.is_file() else {}
     required = split_policy((raw or {}).get("regression"))[1]
     uri = tracking_uri(args)
     with mlflow_errors(uri):
