@@ -164,10 +164,16 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from evals.bench import Plan, render_table, run_bench, write_report
-    from programs.registry import get_program
+    try:
+        from bench import Plan, check_program, render_table, run_bench, write_report
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench":
+            raise
+        print("python -m evals bench: the benchmark is not installed; run it from a checkout of the repository",
+              file=sys.stderr)
+        return 2
 
-    get_program(args.program)  # an unknown name is one line now, not seven failed measurements later
+    check_program(args.program)  # an unknown name is one line now, not seven failed measurements later
     data_dir = args.data_dir or os.environ.get("EVALS_DATA_DIR")
     plan = Plan(args.program, args.per_diagnosis, str(Path(data_dir).resolve()) if data_dir else None, args.quick)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from evals.store import lock_path, sqlite_file
-from evals.tests.mlflow_server import QUIET_ENV
-from evals.tests.test_tracking import EXPERIMENT, client_for, make_bundle
+from tests.mlflow_server import QUIET_ENV
+from tests.test_tracking import EXPERIMENT, client_for, make_bundle
 
 PROCESSES = 4
 ROUNDS = 2

@@ -25,7 +25,7 @@ from evals.thresholds import (
 )
 
 PROGRAMS = {"zero_shot", "chain_of_thought", "knn_few_shot"}
-REPO_THRESHOLDS = Path(__file__).resolve().parents[2] / "thresholds.yaml"
+REPO_THRESHOLDS = Path(__file__).resolve().parents[1] / "thresholds.yaml"
 FRACTION_KEYS = ("min_accuracy", "min_macro_f1", "max_invalid_rate")
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evals.errors import ConfigError
-from evals.tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 from evals.labels import DIAGNOSES
 from evals.perturb import (
     FILLER_PREFIXES,

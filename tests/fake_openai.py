@@ -25,13 +25,14 @@ Usage::
         ...
         server.stats.peak_in_flight
 
-    python -m evals.tests.fake_openai --port 0 --latency 0.5   # prints the base URL, serves until SIGTERM
+    python -m tests.fake_openai --port 0 --latency 0.5   # prints the base URL, serves until SIGTERM
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import random
 import re
@@ -47,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Self
 
 import pytest
@@ -522,8 +524,11 @@ def fake_openai_process(*flags: str, timeout: float = 20.0) -> Iterator[str]:
     Raises:
         RuntimeError: It printed no URL, or did not exit with status 0 on SIGTERM.
     """
-    command = [sys.executable, "-m", "evals.tests.fake_openai", "--port", "0", *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "tests.fake_openai", "--port", "0", *flags]
+    # The harness tests are not installed: the subprocess finds them from the repository root.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline().strip() if process.stdout else ""
         if not line.startswith("http://"):
@@ -542,7 +547,7 @@ def fake_openai_process(*flags: str, timeout: float = 20.0) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or Ctrl-C; print the base URL (``http://127.0.0.1:PORT/v1``) first."""
-    parser = argparse.ArgumentParser(prog="python -m evals.tests.fake_openai", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_openai", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="Port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--model", default="fake", help="Model id listed by /v1/models")
     for flag, kind, text in (("latency", float, "Seconds before each answer"),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.tests.test_champion import cli
-from evals.tests.test_plugin import parent_runs, run
+from tests.test_champion import cli
+from tests.test_plugin import parent_runs, run
 
 REGISTERED = """
 import json, sys

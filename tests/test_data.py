@@ -29,7 +29,7 @@ from evals.data import (
 )
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.tests.conftest import SHARED_DATA, write_tiny_dataset
+from tests.conftest import SHARED_DATA, write_tiny_dataset
 
 REAL_DATA = SHARED_DATA
 TRAIN_ROWS, TEST_ROWS = 853, 212

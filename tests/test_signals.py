@@ -12,9 +12,9 @@ import time
 import pytest
 
 from evals.signals import SIGTERM_MESSAGE, trap_sigterm
-from evals.tests.conftest import KEYWORD_CONFTEST
-from evals.tests.test_champion import cli
-from evals.tests.test_plugin import parent_runs
+from tests.conftest import KEYWORD_CONFTEST
+from tests.test_champion import cli
+from tests.test_plugin import parent_runs
 
 # Each test leaves a mark when its examples are evaluated, then lingers, so that a SIGTERM lands in
 # the middle of the session with some results gathered and most tests still to run.

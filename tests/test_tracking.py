@@ -26,7 +26,7 @@ from evals.errors import ConfigError
 from evals.history import Delta, ProgramResult, Session, compare, recent_sessions
 from evals.redact import Redactor
 from evals.spool import pending, spool_bundle, sync_spool
-from evals.tests.mlflow_server import QUIET_ENV, MlflowServer
+from tests.mlflow_server import QUIET_ENV, MlflowServer
 from evals.tracking import (
     FAST_FAIL_ENV,
     MAX_ENTITIES_PER_BATCH,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "evals-test"
 PROGRAMS = ("zero_shot", "knn_few_shot")
 PLANTED = "sk-test-PLANTED-abcdef123456"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from evals.tests.conftest import KEYWORD_CONFTEST
-from evals.tests.test_plugin import bundles, run
+from tests.conftest import KEYWORD_CONFTEST
+from tests.test_plugin import bundles, run
 
-SUITE = Path(__file__).parents[2] / "suites" / "test_robustness.py"
+SUITE = Path(__file__).parents[1] / "suites" / "test_robustness.py"
 
 @pytest.fixture
 def robustness_project(eval_project: pytest.Pytester) -> pytest.Pytester:

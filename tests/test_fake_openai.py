@@ -22,7 +22,7 @@ from dspy.utils.exceptions import (
 )
 
 from evals.labels import DIAGNOSES
-from evals.tests.fake_openai import (
+from tests.fake_openai import (
     FakeOpenAI,
     answer_content,
     fake_openai_fixture,  # noqa: F401 - registers the fake_openai fixture

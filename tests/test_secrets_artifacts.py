@@ -21,8 +21,8 @@ import pytest
 
 from evals.labels import DIAGNOSES
 from evals.secrets import mask_url_credentials, scrub, scrub_text
-from evals.tests.conftest import KEYWORD_CONFTEST
-from evals.tests.test_plugin import run
+from tests.conftest import KEYWORD_CONFTEST
+from tests.test_plugin import run
 
 KEY = "sk-proj-PLANTEDkey0123456789abcdef"
 GITHUB = "ghp_PLANTED0123456789abcdefghijKL"
@@ -155,7 +155,7 @@ def test_ordinary_text_is_not_masked(text: str) -> None:
 
 
 def test_real_symptom_texts_are_never_masked() -> None:
-    from evals.tests.conftest import SHARED_DATA
+    from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "train.jsonl").is_file():
         pytest.skip("the shared dataset is not here")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from evals.champion_gate import ProgramGate, RegressionOutcome, gate_markdown, regression_section
-from evals.tests.mlflow_server import free_port
-from evals.tests.test_champion import cli
-from evals.tests.test_plugin import bundles, parent_runs, run
+from tests.mlflow_server import free_port
+from tests.test_champion import cli
+from tests.test_plugin import bundles, parent_runs, run
 
 
 @pytest.mark.parametrize(

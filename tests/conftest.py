@@ -17,7 +17,7 @@ import pytest
 from evals.labels import DIAGNOSES
 
 SHARED_DATA = Path(
-    os.environ.get("EVALS_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "symptom_to_diagnosis"
+    os.environ.get("EVALS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "symptom_to_diagnosis"
 )
 """The offline copy of the real dataset (CI and the README point EVALS_DATA_DIR at it)."""
 

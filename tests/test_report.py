@@ -117,7 +117,7 @@ def test_confusion_png_leaves_pyplot_alone(tmp_path: Path) -> None:
         confusion_png(m, Path({str(tmp_path / "p.png")!r}))
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
     """)
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "MPLBACKEND": "TkAgg"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True

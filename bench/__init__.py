@@ -8,7 +8,7 @@ MLflow upload of 10,000 examples against one of 1,000.
 
 Anything that runs pytest or an LM runs in a fresh subprocess with its own temporary cache,
 report and MLflow directories; the plain loop, ``dspy.Evaluate``, the prompt-rate probe and the
-upload timing are the ``child_*`` functions here, run as ``python -m evals.bench KIND JOB RESULT``.
+upload timing are the ``child_*`` functions here, run as ``python -m bench KIND JOB RESULT``.
 The process tree of every subprocess is sampled from ``/proc`` for its peak memory.
 """
 
@@ -390,7 +390,7 @@ def run_child(kind: str, job: dict[str, Any], work: Path) -> ChildRun:
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file = work / f"{kind}-job.json", work / f"{kind}-result.json"
     job_file.write_text(json.dumps({**job, "work": str(work)}))
-    run = run_process([sys.executable, "-m", "evals.bench", kind, str(job_file), str(result_file)],
+    run = run_process([sys.executable, "-m", "bench", kind, str(job_file), str(result_file)],
                       work / f"{kind}.log")
     if run.returncode != 0 or not result_file.is_file():
         raise _failure(kind.replace("_", " "), run)
@@ -822,12 +822,15 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """``python -m evals.bench KIND JOB RESULT``: run one child measurement, write its JSON result."""
+    """``python -m bench KIND JOB RESULT``: run one child measurement, write its JSON result."""
     kind, job_file, result_file = argv
     result = CHILDREN[kind](json.loads(Path(job_file).read_text()))
     Path(result_file).write_text(json.dumps(result))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1:]))
+def check_program(name: str) -> None:
+    """Raise ConfigError for a program the registry does not know (one line, before any measurement)."""
+    from programs.registry import get_program
+
+    get_program(name)

@@ -12,7 +12,7 @@ import pytest
 
 from evals.compile_cache import compile_key
 from evals.errors import ConfigError
-from evals.tests.conftest import DUMMY_CONFTEST
+from tests.conftest import DUMMY_CONFTEST
 from programs.optimizers import (
     CONFIG_FILE,
     REFLECTION_MAX_TOKENS,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.tests.conftest import SUITE, THRESHOLDS, write_tiny_dataset
-from evals.tests.test_plugin import bundles, run
+from tests.conftest import SUITE, THRESHOLDS, write_tiny_dataset
+from tests.test_plugin import bundles, run
 
 pytest.importorskip("mlx_lm")
 

@@ -15,7 +15,7 @@ import yaml
 
 from evals.settings import OPTIONS
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[1]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 KNOWN_FLAGS = {option.cli for option in OPTIONS} | {"-n", "-k", "-m", "-q", "-x"}
 KNOWN_ENV = {option.env for option in OPTIONS} | {"OPENAI_API_KEY"}

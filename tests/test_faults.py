@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from evals.labels import DIAGNOSES
-from evals.tests.conftest import KEYWORD_CONFTEST
-from evals.tests.test_plugin import XDIST, bundles, run
+from tests.conftest import KEYWORD_CONFTEST
+from tests.test_plugin import XDIST, bundles, run
 
 CRASHING_SUITE = '''
 import os

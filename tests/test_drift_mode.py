@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.tests.test_plugin import run
+from tests.test_plugin import run
 
 
 def test_drift_mode_reports_band_and_churn_and_fails_on_drift(

@@ -14,8 +14,8 @@ import pytest
 
 from evals.champion import promotion_blockers
 from evals.champion_gate import is_local_store
-from evals.tests.mlflow_server import QUIET_ENV
-from evals.tests.test_plugin import run
+from tests.mlflow_server import QUIET_ENV
+from tests.test_plugin import run
 
 
 def cli(project: pytest.Pytester, *args: str) -> subprocess.CompletedProcess[str]:

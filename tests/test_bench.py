@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.bench import (
+from bench import (
     ORDER,
     PAIRED,
     QUICK_DIAGNOSES,
