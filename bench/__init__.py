@@ -414,7 +414,7 @@ def _program_and_examples(job: dict[str, Any]) -> tuple[Any, list[Any], Any]:
     """Build the LM as the harness does for one process (cache off) and the program from the registry."""
     import dspy
 
-    from evals.lm import build_lm, parse_lm_spec, worker_threads
+    from evals.lm.spec import build_lm, parse_lm_spec, worker_threads
     from programs.registry import PROGRAMS
 
     dataset, examples = _job_examples(job)
@@ -476,8 +476,8 @@ def child_prompt_rate(job: dict[str, Any]) -> dict[str, Any]:
     """Prompt tokens/s: the engine's ``create_chat_completion`` against ``tokenize`` + ``eval`` of the same tokens."""
     import dspy
 
-    from evals.llama_engine import N_CTX, load_llama
-    from evals.lm import parse_lm_spec, worker_threads
+    from evals.lm.llama import N_CTX, load_llama
+    from evals.lm.spec import parse_lm_spec, worker_threads
     from programs.signatures import Diagnose
 
     dataset, _ = _job_examples(job)
@@ -522,7 +522,7 @@ def child_mlflow_upload(job: dict[str, Any]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from evals.redact import Redactor
-    from evals.tracking import ensure_experiment, upload_bundle
+    from evals.store.upload import ensure_experiment, upload_bundle
 
     work = Path(job["work"])
     bundles = {size: build_synthetic_bundle(work / f"bundle-{size}", size) for size in (30, *job["sizes"])}
@@ -611,7 +611,7 @@ class _SyntheticProgram:
 
 @dataclass
 class SyntheticSession:
-    """The parts of :class:`~evals.session.EvalsSession` that :func:`evals.outcome.write_bundle` reads."""
+    """The parts of :class:`~evals.harness.session.EvalsSession` that :func:`evals.results.summary.write_bundle` reads."""
 
     session_id: str
     started_at: float
@@ -629,13 +629,13 @@ class SyntheticSession:
 
 
 def build_synthetic_bundle(directory: Path, examples: int, programs: Sequence[str] = SYNTHETIC_PROGRAMS) -> Path:
-    """Write a session bundle of ``examples`` × ``programs`` records with :func:`evals.outcome.write_bundle`."""
+    """Write a session bundle of ``examples`` × ``programs`` records with :func:`evals.results.summary.write_bundle`."""
     from evals.data import Example
-    from evals.metrics import aggregate
-    from evals.outcome import SessionSummary, write_bundle
+    from evals.stats.metrics import aggregate
+    from evals.results.summary import SessionSummary, write_bundle
     from evals.redact import Redactor
-    from evals.session import ControllerState
-    from evals.settings import resolve
+    from evals.harness.session import ControllerState
+    from evals.config.settings import resolve
 
     records = synthetic_records(examples, programs)
     metrics = aggregate(records)

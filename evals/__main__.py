@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evals.errors import ConfigError
-from evals.tracking import TrackingUnavailable, display_uri
+from evals.store.upload import TrackingUnavailable, display_uri
 
 DEFAULT_SPOOL = Path(".evals/spool")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -62,7 +62,7 @@ def _configure_sync(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_sync(args: argparse.Namespace) -> int:
-    from evals.spool import sync_spool
+    from evals.store.spool import sync_spool
 
     # Flag > $EVALS_TRACKING_URI > the URI each bundle recorded > the local sqlite store.
     uri = args.tracking_uri or os.environ.get("EVALS_TRACKING_URI")
@@ -91,7 +91,7 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from evals.history import compare, compare_table, recent_sessions, sessions_table
+    from evals.store.history import compare, compare_table, recent_sessions, sessions_table
 
     uri = tracking_uri(args)
     experiment = args.experiment or os.environ.get("EVALS_EXPERIMENT") or DEFAULT_EXPERIMENT
@@ -117,11 +117,11 @@ def _configure_promote(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_promote(args: argparse.Namespace) -> int:
-    from evals.champion import promote_session
-    from evals.strict_yaml import load_yaml_strict
-    from evals.champion_gate import split_policy
+    from evals.store.champions import promote_session
+    from evals.config.validation import load_yaml_strict
+    from evals.gates.champion import split_policy
     from evals.environment import git_facts
-    from evals.tracking import mlflow_errors
+    from evals.store.upload import mlflow_errors
 
     raw = load_yaml_strict(args.thresholds) if args.thresholds.is_file() else {}
     required = split_policy((raw or {}).get("regression"))[1]
@@ -139,9 +139,9 @@ def _configure_rollback(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rollback(args: argparse.Namespace) -> int:
-    from evals.champion import rollback
+    from evals.store.champions import rollback
     from evals.environment import git_facts
-    from evals.tracking import mlflow_errors
+    from evals.store.upload import mlflow_errors
 
     uri = tracking_uri(args)
     with mlflow_errors(uri):

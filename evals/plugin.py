@@ -1,6 +1,6 @@
 """The pytest plugin: options, ini keys, markers and fixtures.
 
-Every hook with real work hands over to one :class:`~evals.session.EvalsSession`
+Every hook with real work hands over to one :class:`~evals.harness.session.EvalsSession`
 kept on ``config.stash``; aggregation, gating, MLflow logging and reports happen
 there, once, on the controller.
 """
@@ -16,10 +16,10 @@ import pytest
 from evals.errors import ConfigError, LMUnavailable
 from evals.labels import DIAGNOSES, slug
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY
-from evals.settings import OPTIONS, resolve
+from evals.config.settings import OPTIONS, resolve
 
 if TYPE_CHECKING:
-    from evals.session import DiagnosisOutcome, EvalsSession
+    from evals.harness.session import DiagnosisOutcome, EvalsSession
 
 SESSION_KEY = pytest.StashKey["EvalsSession"]()
 
@@ -38,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from evals.session import EvalsSession
+    from evals.harness.session import EvalsSession
 
     # litellm would fetch its model cost map from the network at first use; offline that is a slow failure.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")

@@ -1,6 +1,6 @@
 """Scoring one example: the metric optimizers maximise (dspy's ``metric(example, pred, trace)``).
 
-Aggregating many scores is :mod:`evals.metrics`; this is the per-example half.
+Aggregating many scores is :mod:`evals.stats.metrics`; this is the per-example half.
 """
 
 from __future__ import annotations

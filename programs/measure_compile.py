@@ -44,7 +44,7 @@ class CompileMeasurement:
 
 def accuracy(program: Any, name: str, examples: Sequence[Any]) -> float:
     """Share of ``examples`` (evals.data.Example) the program answers right, run as the harness runs them."""
-    from evals.runner import run_examples
+    from evals.harness.runner import run_examples
 
     records = run_examples(program, name, examples)
     return sum(record.correct for record in records) / max(len(records), 1)
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import dspy
 
-        from evals.lm import build_lm, parse_lm_spec, worker_threads
+        from evals.lm.spec import build_lm, parse_lm_spec, worker_threads
 
         dspy.configure_cache(disk_cache_dir=str(args.cache_dir / "lm"))
         lm = build_lm(parse_lm_spec(args.lm), n_threads=worker_threads(1), cache=not args.no_cache,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.errors import ConfigError
-from evals.strict_yaml import load_yaml_strict
+from evals.config.validation import load_yaml_strict
 
 CONFIG_FILE = Path(__file__).with_name("optimizers.yaml")
 CLASSES = ("LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2", "GEPA")
@@ -207,7 +207,7 @@ def reflection_lm(spec: str | None) -> Any:
         if dspy.settings.lm is None:
             raise ConfigError("GEPA: no reflection_lm configured and no session LM to reflect with")
         return dspy.settings.lm
-    from evals.lm import build_lm, parse_lm_spec
+    from evals.lm.spec import build_lm, parse_lm_spec
 
     return build_lm(parse_lm_spec(spec, max_tokens=REFLECTION_MAX_TOKENS))
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from evals.perturb import perturbed_texts
-from evals.robustness import load_cases
+from evals.stats.perturb import perturbed_texts
+from evals.stats.robustness import load_cases
 
 REGRESSIONS = Path(__file__).with_name("robustness_regressions.json")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.champion import promotion_blockers
-from evals.champion_gate import is_local_store
+from evals.store.champions import promotion_blockers
+from evals.gates.champion import is_local_store
 from tests.mlflow_server import QUIET_ENV
 from tests.test_plugin import run
 
@@ -63,8 +63,8 @@ def test_baseline_run_with_other_examples_is_refused(eval_project: pytest.Pytest
 
 LOOKUP = """
 import json, sys
-from evals.champion import find_champion
-from evals.tracking import TrackingUnavailable, mlflow_errors
+from evals.store.champions import find_champion
+from evals.store.upload import TrackingUnavailable, mlflow_errors
 uri = sys.argv[1]
 try:
     with mlflow_errors(uri):

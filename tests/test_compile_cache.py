@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from evals import compile_cache
-from evals.compile_cache import CompileEvent, compile_key, entry_path, get_or_compile, read_entry
+from evals.harness import compile_cache
+from evals.harness.compile_cache import CompileEvent, compile_key, entry_path, get_or_compile, read_entry
 from evals.errors import EvalsWarning
 
 PARTS = {

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evals.drift import (
+from evals.stats.drift import (
     DriftPolicy,
     assess,
     churn,

@@ -1,4 +1,4 @@
-"""Unit tests of evals.gate: checks, messages and the JSON verdict."""
+"""Unit tests of evals.gates.thresholds: checks, messages and the JSON verdict."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evals.gate import Check, check_program, describe, diagnosis_failure, failed_checks, verdict
+from evals.gates.thresholds import Check, check_program, describe, diagnosis_failure, failed_checks, verdict
 from evals.labels import DIAGNOSES, slug
-from evals.metrics import DiagnosisMetrics, ProgramMetrics
-from evals.thresholds import ProgramThresholds, RecallThresholds
+from evals.stats.metrics import DiagnosisMetrics, ProgramMetrics
+from evals.config.thresholds import ProgramThresholds, RecallThresholds
 
 
 def make_metrics(

@@ -1,4 +1,4 @@
-"""Unit tests of evals.lm (spec parsing, cache keys) and one real llama.cpp call through dspy."""
+"""Unit tests of evals.lm.spec (spec parsing, cache keys) and one real llama.cpp call through dspy."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.llama_engine import _json_schema, _options
-from evals.lm import (
+from evals.lm.llama import _json_schema, _options
+from evals.lm.spec import (
     KNOWN_FORMS,
     SMOLLM2_FILE,
     LMSpec,
@@ -93,7 +93,7 @@ def test_provider_model_with_api_base() -> None:
 
 def test_a_provider_lm_does_not_retry_inside_the_harness_retries() -> None:
     lm = build_lm(parse_lm_spec("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1", timeout_s=7), cache=False)
-    assert lm.num_retries == 0  # the harness retries within --evals-example-budget (evals.runner)
+    assert lm.num_retries == 0  # the harness retries within --evals-example-budget (evals.harness.runner)
     assert lm.kwargs["timeout"] == 7
 
 
@@ -107,7 +107,7 @@ def test_a_provider_lm_does_not_retry_inside_the_harness_retries() -> None:
     ],
 )
 def test_unavailable_line_names_the_option(spec: dict[str, Any], reason: str, hint: str) -> None:
-    from evals.lm import unavailable_line
+    from evals.lm.spec import unavailable_line
 
     line = unavailable_line(parse_lm_spec("openai/gpt-4o-mini", **spec), reason, "LMTransportError: failed")
     assert line == f"LM 'openai/gpt-4o-mini' is unavailable ({reason}): LMTransportError: failed; {hint}"

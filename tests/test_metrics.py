@@ -1,4 +1,4 @@
-"""Unit tests of evals.metrics over hand-built records."""
+"""Unit tests of evals.stats.metrics over hand-built records."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evals.labels import DIAGNOSES
-from evals.metrics import (
+from evals.stats.metrics import (
     INVALID,
     ProgramMetrics,
     aggregate,

@@ -21,7 +21,7 @@ mx = pytest.importorskip("mlx.core", exc_type=ImportError)
 pytest.importorskip("mlx_lm", exc_type=ImportError)
 
 from evals.errors import ConfigError  # noqa: E402
-from evals.gguf_to_mlx import (  # noqa: E402
+from evals.lm.gguf_to_mlx import (  # noqa: E402
     _quantization,
     convert_cached,
     hf_name,
@@ -29,7 +29,7 @@ from evals.gguf_to_mlx import (  # noqa: E402
     translate_weights,
     unpermute_rows,
 )
-from evals.mlx_engine import MLXEngine, TokenTrie, _constrain, enum_constraint  # noqa: E402
+from evals.lm.mlx import MLXEngine, TokenTrie, _constrain, enum_constraint  # noqa: E402
 
 SHORT_PROMPT = "Once upon a time"
 AGREEING_TOKENS = 4  # SmolLM2's top-2 logit gaps over these steps are >= 0.3, far above the backends' noise
@@ -181,7 +181,7 @@ def test_from_target_turns_a_load_failure_into_config_error(monkeypatch: pytest.
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from evals.lm import smollm2_path
+    from evals.lm.spec import smollm2_path
 
     try:
         return smollm2_path()
@@ -206,7 +206,7 @@ def engine(mlx_dir: Path, cache_root: Path) -> MLXEngine:
 
 @pytest.fixture(scope="session")
 def llama(smollm2_gguf: Path) -> Any:
-    from evals.llama_engine import load_llama
+    from evals.lm.llama import load_llama
 
     return load_llama(model_path=str(smollm2_gguf), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
 
@@ -236,7 +236,7 @@ def test_convert_cached_reuses_an_entry_and_replaces_a_damaged_one(smollm2_gguf:
 
 @pytest.mark.slow
 def test_tokenizer_matches_llama_cpp(engine: MLXEngine, llama: Any) -> None:
-    from evals.mlx_engine import prompt_tokens
+    from evals.lm.mlx import prompt_tokens
 
     _, tokenizer = engine.load()
     texts = ["Hello world 12345, it's   don't\n\n  naïve 🤖", '{"diagnosis": "urinary tract infection"}']

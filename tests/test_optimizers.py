@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from evals.compile_cache import compile_key
+from evals.harness.compile_cache import compile_key
 from evals.errors import ConfigError
 from tests.conftest import DUMMY_CONFTEST
 from programs.optimizers import (
@@ -375,12 +375,12 @@ def test_the_real_gepa_and_miprov2_medium_configs_compile_and_round_trip(tiny_da
 
 
 def test_gepa_reflects_with_the_configured_reflection_lm(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import evals.lm
+    import evals.lm.spec
 
     gold = _gold(tiny_data_dir)
     session_lm, reflection = _instruction_following_lm(gold), _instruction_following_lm(gold)
     built: list[Any] = []
-    monkeypatch.setattr(evals.lm, "build_lm", lambda spec, **kwargs: built.append(spec) or reflection)
+    monkeypatch.setattr(evals.lm.spec, "build_lm", lambda spec, **kwargs: built.append(spec) or reflection)
     config = OptimizerConfig("g", "GEPA", {"max_metric_calls": 60, "num_threads": 1, "reflection_lm": "smollm2"},
                              {}, 1, 1)
 
@@ -439,8 +439,8 @@ def test_feedback_metric_scores_and_explains() -> None:
 def _session(tmp_path: Path, **cli: str) -> Any:
     from types import SimpleNamespace
 
-    from evals.session import EvalsSession
-    from evals.settings import resolve
+    from evals.harness.session import EvalsSession
+    from evals.config.settings import resolve
 
     fake = tmp_path / "fake.gguf"
     fake.write_text("not a model")

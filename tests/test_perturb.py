@@ -1,4 +1,4 @@
-"""Tests of evals.perturb (properties over real and generated texts) and evals.robustness."""
+"""Tests of evals.stats.perturb (properties over real and generated texts) and evals.stats.robustness."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from evals.errors import ConfigError
 from tests.conftest import SHARED_DATA
 from evals.labels import DIAGNOSES
-from evals.perturb import (
+from evals.stats.perturb import (
     FILLER_PREFIXES,
     FILLER_SUFFIXES,
     FILLERS,
@@ -33,7 +33,7 @@ from evals.perturb import (
     split_sentences,
     whitespace_noise,
 )
-from evals.robustness import (
+from evals.stats.robustness import (
     CASE_KEYS,
     RegressionCases,
     StabilityRecord,

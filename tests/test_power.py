@@ -1,8 +1,8 @@
 """The gate knows its power: the minimum detectable drop, checked against simulated sessions.
 
-The simulations build records and run them through :func:`evals.regression.compare`, so they
+The simulations build records and run them through :func:`evals.stats.regression.compare`, so they
 test the real decision rule (statsmodels' McNemar, the ``max_drop`` tolerance), not the
-rejection region that :mod:`evals.power` derives from it.
+rejection region that :mod:`evals.stats.power` derives from it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import pytest
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.power import (
+from evals.stats.power import (
     detection_probability,
     discordance_estimate,
     minimum_detectable_drop,
 )
 from evals.records import ExampleRecord
-from evals.regression import RegressionPolicy, compare, parse_regression_policy
+from evals.stats.regression import RegressionPolicy, compare, parse_regression_policy
 
 K = len(DIAGNOSES)
 POLICY = RegressionPolicy(bootstrap_samples=100)
@@ -37,7 +37,7 @@ def simulated_detection_rate(n: int, drop: float, discordance: float, trials: in
     """Share of simulated champion/candidate pairs whose accuracy ``compare`` calls a regression.
 
     Per example: a true loss with probability ``drop`` and noise flips either way with
-    ``discordance / 2`` each (the model of :mod:`evals.power`); the rest agree (right or wrong).
+    ``discordance / 2`` each (the model of :mod:`evals.stats.power`); the rest agree (right or wrong).
     """
     rng = np.random.default_rng(seed)
     flagged = 0
@@ -76,7 +76,7 @@ def test_power_grows_with_n_and_shrinks_with_noise() -> None:
     small, large = (minimum_detectable_drop(n, 0.08, 0.05, 0.02) for n in (44, 212))
     noisy = minimum_detectable_drop(212, 0.30, 0.05, 0.02)
     assert large < small and large < noisy
-    # As the docstring of evals.regression says: n=212 with ~8% flips catches a 10-point drop.
+    # As the docstring of evals.stats.regression says: n=212 with ~8% flips catches a 10-point drop.
     assert minimum_detectable_drop(212, 0.08, 0.05, 0.02) <= 0.10
     assert detection_probability(212, 0.10, 0.08, 0.05, 0.02) >= 0.9
 

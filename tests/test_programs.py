@@ -170,8 +170,8 @@ def test_tfidf_logreg_is_the_one_reference_program() -> None:
 def test_default_selection_includes_the_reference(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from evals.session import EvalsSession
-    from evals.settings import resolve
+    from evals.harness.session import EvalsSession
+    from evals.config.settings import resolve
 
     session = EvalsSession(SimpleNamespace(), resolve({}, {}, {}, tmp_path))  # type: ignore[arg-type]
 
@@ -244,7 +244,7 @@ def test_reference_needs_two_diagnoses() -> None:
 
 def test_reference_accuracy_on_the_tiny_dataset(tiny_data_dir: Path) -> None:
     from evals.data import load_dataset
-    from evals.runner import run_examples
+    from evals.harness.runner import run_examples
 
     data = load_dataset(tiny_data_dir)
     train = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")

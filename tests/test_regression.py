@@ -13,9 +13,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.metrics import aggregate
+from evals.stats.metrics import aggregate
 from evals.records import ExampleRecord
-from evals.regression import (
+from evals.stats.regression import (
     Comparison,
     ComparisonRefused,
     RegressionPolicy,

@@ -1,4 +1,4 @@
-"""Unit tests of evals.report and evals.plots over hand-built records."""
+"""Unit tests of evals.results.report and evals.results.plots over hand-built records."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from evals.gate import Check
+from evals.gates.thresholds import Check
 from evals.labels import DIAGNOSES
-from evals.metrics import ProgramMetrics, aggregate
-from evals.plots import confusion_png
+from evals.stats.metrics import ProgramMetrics, aggregate
+from evals.results.plots import confusion_png
 from evals.records import ExampleRecord
-from evals.report import (
+from evals.results.report import (
     PREDICTION_COLUMNS,
     ReportContext,
     misclassified_frame,
@@ -110,8 +110,8 @@ def test_confusion_png_leaves_pyplot_alone(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from evals.metrics import aggregate
-        from evals.plots import confusion_png
+        from evals.stats.metrics import aggregate
+        from evals.results.plots import confusion_png
         from evals.records import ExampleRecord
         m = aggregate([ExampleRecord("p", "1", "x", "allergy", "allergy", 1.0)])["p"]
         confusion_png(m, Path({str(tmp_path / "p.png")!r}))

@@ -1,4 +1,4 @@
-"""Unit tests of evals.runner: records, retries with backoff, invalid answers and one_line."""
+"""Unit tests of evals.harness.runner: records, retries with backoff, invalid answers and one_line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dspy.utils.dummies import DummyLM
 
 from evals.data import Example
 from evals.records import ExampleRecord
-from evals.runner import (
+from evals.harness.runner import (
     MAX_ERROR_CHARS,
     RetryPolicy,
     lm_down_reason,
@@ -267,7 +267,7 @@ def test_an_answer_at_once_is_one_attempt() -> None:
 
 
 def test_the_default_policy_bounds_an_example_by_the_default_budget() -> None:
-    from evals.settings import OPTIONS_BY_NAME
+    from evals.config.settings import OPTIONS_BY_NAME
 
     policy = RetryPolicy()
     assert policy.budget_s == float(OPTIONS_BY_NAME["example-budget"].default or 0)
@@ -336,7 +336,7 @@ def test_a_timing_out_lm_is_not_marked_down() -> None:
 
 
 def test_a_time_out_names_the_cli_option_not_the_clients_setting() -> None:
-    from evals.runner import TIMEOUT_HINT, error_line
+    from evals.harness.runner import TIMEOUT_HINT, error_line
 
     class LMTransportError(Exception):
         pass

@@ -1,4 +1,4 @@
-"""Unit tests of evals.settings: layering, parsing, error messages naming their source."""
+"""Unit tests of evals.config.settings: layering, parsing, error messages naming their source."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from evals.errors import ConfigError
-from evals.settings import OPTIONS, OPTIONS_BY_NAME, Settings, resolve
+from evals.config.settings import OPTIONS, OPTIONS_BY_NAME, Settings, resolve
 
 ROOT = Path("/srv/project")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.store import lock_path, sqlite_file
+from evals.store.client import lock_path, sqlite_file
 from tests.mlflow_server import QUIET_ENV
 from tests.test_tracking import EXPERIMENT, client_for, make_bundle
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 uri, bundle, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 import mlflow.tracking
-from evals import store
-from evals.publish import publish_bundle
+from evals.store import client as store
+from evals.store.publish import publish_bundle
 
 if os.environ.get("STORE_RACE_WITHOUT_LOCK"):
     store._ready.add(uri)  # as if this process had initialised the store already: no lock
@@ -94,7 +94,7 @@ def test_sqlite_file_of_a_uri() -> None:
 def test_experiment_created_by_another_session_meanwhile_is_used(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from evals.tracking import ensure_experiment
+    from evals.store.upload import ensure_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     existing = MlflowClient(uri).create_experiment("raced")

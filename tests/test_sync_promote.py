@@ -73,7 +73,7 @@ def test_resync_of_a_published_bundle_adds_nothing(eval_project: pytest.Pytester
     assert run(eval_project).ret == 0
     bundle = next((eval_project.path / ".evals" / "reports").iterdir())
     uri = f"sqlite:///{eval_project.path / 'mlflow.db'}"
-    code = ("import sys; from evals.publish import publish_bundle; "
+    code = ("import sys; from evals.store.publish import publish_bundle; "
             "p = publish_bundle(__import__('pathlib').Path(sys.argv[1]), sys.argv[2]); print(p.run_id, p.registered)")
 
     first, second = (subprocess.run([sys.executable, "-c", code, str(bundle), uri], capture_output=True, text=True,

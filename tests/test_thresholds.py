@@ -1,4 +1,4 @@
-"""Unit tests of evals.thresholds: loading, validation messages and merging."""
+"""Unit tests of evals.config.thresholds: loading, validation messages and merging."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES, unknown_label_message
-from evals.thresholds import (
+from evals.config.thresholds import (
     MINIMAL_FILE,
     ProgramThresholds,
     RecallThresholds,

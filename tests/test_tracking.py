@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from evals.errors import ConfigError
-from evals.history import Delta, ProgramResult, Session, compare, recent_sessions
+from evals.store.history import Delta, ProgramResult, Session, compare, recent_sessions
 from evals.redact import Redactor
-from evals.spool import pending, spool_bundle, sync_spool
+from evals.store.spool import pending, spool_bundle, sync_spool
 from tests.mlflow_server import QUIET_ENV, MlflowServer
-from evals.tracking import (
+from evals.store.upload import (
     FAST_FAIL_ENV,
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,

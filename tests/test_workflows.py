@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evals.settings import OPTIONS
+from evals.config.settings import OPTIONS
 
 REPO = Path(__file__).parents[1]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))

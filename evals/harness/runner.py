@@ -3,7 +3,7 @@
 A call that raises (LM error, time-out, unparseable answer) is retried with backoff
 while the example's wall-clock budget allows another attempt, then recorded as an
 error for that example; the run goes on. This is the only retry layer: the LM is built
-with ``num_retries=0`` (:func:`evals.lm.build_lm`). An answer outside the 22 labels is
+with ``num_retries=0`` (:func:`evals.lm.spec.build_lm`). An answer outside the 22 labels is
 recorded as invalid. A failure that says the LM is clearly down (connection refused,
 unknown host, credentials refused) is marked on the record so that the session can stop.
 """

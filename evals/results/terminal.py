@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from evals.bundle import sections
+from evals.results.bundle import sections
 
 if TYPE_CHECKING:
-    from evals.outcome import SessionSummary
-    from evals.report import Section
-    from evals.session import EvalsSession
+    from evals.results.summary import SessionSummary
+    from evals.results.report import Section
+    from evals.harness.session import EvalsSession
 
 
 def render_summary(session: EvalsSession, summary: SessionSummary, terminalreporter: Any) -> None:
     """Print the per-program tables, worst diagnoses, checks and where the results are."""
     from rich.console import Console
 
-    from evals.report import ReportContext, render_terminal
+    from evals.results.report import ReportContext, render_terminal
 
     html = summary.bundle_dir / "artifacts" / "report.html" if summary.bundle_dir else None
     context = ReportContext(

@@ -10,7 +10,7 @@ Layout::
 
 A bundle is copied into a hidden temp directory and renamed into place, so a pending entry is
 always complete. A sync publishes it exactly as the live session would have
-(:func:`~evals.publish.publish_bundle`: upload, then register the compiled programs as
+(:func:`~evals.store.publish.publish_bundle`: upload, then register the compiled programs as
 ``candidate`` versions) and moves it to ``synced/`` only after both succeeded; an interrupted
 sync leaves it pending and the next sync finds what was done instead of repeating it.
 
@@ -33,9 +33,9 @@ from typing import Any
 
 from evals import secrets
 from evals.errors import ConfigError
-from evals.publish import publish_bundle
+from evals.store.publish import publish_bundle
 from evals.redact import Redactor
-from evals.tracking import Bundle, TrackingUnavailable, display_uri
+from evals.store.upload import Bundle, TrackingUnavailable, display_uri
 
 SYNCED = "synced"
 SPOOL_FILE = "spool.json"

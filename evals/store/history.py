@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evals.errors import ConfigError
-from evals.tracking import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, display_uri, mlflow_errors
+from evals.store.upload import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, display_uri, mlflow_errors
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -100,7 +100,7 @@ def recent_sessions(tracking_uri: str, experiment: str, last: int = 10) -> list[
     """
     _require_database(tracking_uri)
     with mlflow_errors(tracking_uri):
-        from evals.store import mlflow_client
+        from evals.store.client import mlflow_client
 
         client = mlflow_client(tracking_uri)
         found = client.get_experiment_by_name(experiment)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from evals.labels import DIAGNOSES, slug
-from evals.metrics import ProgramMetrics
-from evals.thresholds import ProgramThresholds
+from evals.stats.metrics import ProgramMetrics
+from evals.config.thresholds import ProgramThresholds
 
 
 @dataclass(frozen=True)

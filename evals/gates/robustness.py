@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from evals.errors import ConfigError
 
 if TYPE_CHECKING:
-    from evals.report import Section
-    from evals.session import EvalsSession
+    from evals.results.report import Section
+    from evals.harness.session import EvalsSession
 
 REGRESSIONS_FILE = Path("suites") / "robustness_regressions.json"
 KEYS = ("min_stability", "min_valid_rate")
@@ -46,7 +46,7 @@ def parse_robustness_policy(raw: Mapping[str, object] | None, source: str) -> Ro
 
 def check_robustness(session: EvalsSession, items: Sequence[Mapping[str, Any]]) -> RobustnessOutcome:
     """Aggregate stability per program, check the floors and save the unstable cases (controller only)."""
-    from evals.robustness import StabilityRecord, flat_stability_metrics, stability
+    from evals.stats.robustness import StabilityRecord, flat_stability_metrics, stability
 
     outcome = RobustnessOutcome()
     if not items:
@@ -68,7 +68,7 @@ def check_robustness(session: EvalsSession, items: Sequence[Mapping[str, Any]]) 
 
 def save_counterexamples(path: Path, items: Sequence[Mapping[str, Any]]) -> int:
     """Add every unstable (or invalid) perturbed text to the regression file; return how many were new."""
-    from evals.robustness import RegressionCases, StabilityRecord, case_from_record
+    from evals.stats.robustness import RegressionCases, StabilityRecord, case_from_record
 
     cases = RegressionCases(path)
     before = len(cases.load())
@@ -83,7 +83,7 @@ def save_counterexamples(path: Path, items: Sequence[Mapping[str, Any]]) -> int:
 
 
 def robustness_section(outcome: RobustnessOutcome) -> Section | None:
-    from evals.report import Section
+    from evals.results.report import Section
 
     rows = [(program, f"{m.get('stability', 0):.3f}", f"{m.get('robust_valid_rate', 0):.3f}",
              str(int(m.get("robust_n", 0))))

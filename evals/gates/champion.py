@@ -2,7 +2,7 @@
 
 For every evaluated program that has a champion (or with ``--evals-baseline-run``, the
 given run), the session's records are compared with the champion's on the same examples
-(:mod:`evals.regression`). A regression is a red ``ERROR:`` line and a failed session; the
+(:mod:`evals.stats.regression`). A regression is a red ``ERROR:`` line and a failed session; the
 comparison goes into the terminal, the reports (a section) and MLflow (metrics + a table).
 
 The gate never passes silently: each program's result is ``pass``, ``fail``,
@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 from evals.records import ExampleRecord
 
 if TYPE_CHECKING:
-    from evals.regression import Comparison
-    from evals.report import Section
-    from evals.session import EvalsSession
+    from evals.stats.regression import Comparison
+    from evals.results.report import Section
+    from evals.harness.session import EvalsSession
 
 PROMOTION_KEY = "promote_requires"
 """Key of ``regression:`` in thresholds.yaml: params a session must match to be promoted."""
@@ -86,7 +86,7 @@ class RegressionOutcome:
 
     def tags(self) -> dict[str, str]:
         """Session tags: ``evals.regression`` (+ reason) and ``evals.regression.too_weak``."""
-        from evals.champion import REGRESSION_REASON_TAG, REGRESSION_TAG, TOO_WEAK_TAG
+        from evals.store.champions import REGRESSION_REASON_TAG, REGRESSION_TAG, TOO_WEAK_TAG
 
         tags = {REGRESSION_TAG: self.status, REGRESSION_REASON_TAG: self.reason}
         if self.status == "unavailable":
@@ -131,8 +131,8 @@ def split_policy(raw: Any) -> tuple[dict[str, Any], dict[str, str]]:
 
 def check_regressions(session: EvalsSession, records: Sequence[ExampleRecord]) -> RegressionOutcome:
     """Compare each program with its champion (or the explicit baseline run)."""
-    from evals.regression import parse_regression_policy
-    from evals.tracking import TrackingUnavailable
+    from evals.stats.regression import parse_regression_policy
+    from evals.store.upload import TrackingUnavailable
 
     outcome = RegressionOutcome()
     settings = session.settings
@@ -163,8 +163,8 @@ def check_regressions(session: EvalsSession, records: Sequence[ExampleRecord]) -
 def _check_one(session: EvalsSession, program: str, mine: list[ExampleRecord], policy: Any,
                outcome: RegressionOutcome) -> ProgramGate:
     """Look up the baseline of one program and compare; lookup failures raise TrackingUnavailable."""
-    from evals.model_registry import registered_name
-    from evals.regression import ComparisonRefused, compare
+    from evals.store.registry import registered_name
+    from evals.stats.regression import ComparisonRefused, compare
 
     baseline = _baseline(session, program)
     if baseline is None and session.settings["baseline-run"]:
@@ -214,8 +214,8 @@ def _baseline(session: EvalsSession, program: str) -> Any:
     Raises:
         TrackingUnavailable: The lookup failed (server down, HTTP 5xx, broken store, ...).
     """
-    from evals.champion import baseline_from_run, find_champion
-    from evals.tracking import mlflow_errors
+    from evals.store.champions import baseline_from_run, find_champion
+    from evals.store.upload import mlflow_errors
 
     uri = session.settings["tracking-uri"]
     with mlflow_errors(uri):
@@ -234,7 +234,7 @@ def is_local_store(tracking_uri: str) -> bool:
 
 def ephemeral_store_warning(tracking_uri: str) -> str:
     """The warning for a CI session that tracks into a local store."""
-    from evals.tracking import display_uri
+    from evals.store.upload import display_uri
 
     return (f"the tracking store {display_uri(tracking_uri)} is a local file: on an ephemeral CI runner it cannot "
             "keep a champion between runs, so the regression gate has nothing to compare with; point "
@@ -243,7 +243,7 @@ def ephemeral_store_warning(tracking_uri: str) -> str:
 
 def regression_section(outcome: RegressionOutcome) -> Section | None:
     """The comparison table of the report, with the gate's result for programs not compared."""
-    from evals.report import Section
+    from evals.results.report import Section
 
     rows = []
     for program, comparison in outcome.comparisons.items():

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from evals.metrics import INVALID
+from evals.stats.metrics import INVALID
 from evals.records import ExampleRecord
-from evals.regression import Rule, parse_section
-from evals.thresholds import _is_int, _is_number, _Location
+from evals.stats.regression import Rule, parse_section
+from evals.config.thresholds import _is_int, _is_number, _Location
 
 BandVerdict = Literal["within band", "below band", "above band", "not enough history"]
 _CAUSES = {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evals.metrics import ProgramMetrics
+from evals.stats.metrics import ProgramMetrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from evals.model_registry import CHAMPION, registered_name
+from evals.store.registry import CHAMPION, registered_name
 from evals.records import ExampleRecord
 
 PREDICTIONS_ARTIFACT = "predictions.csv"
@@ -34,7 +34,7 @@ class Champion:
 
 
 def client_for(tracking_uri: str) -> Any:
-    from evals.store import mlflow_client
+    from evals.store.client import mlflow_client
 
     return mlflow_client(tracking_uri)
 

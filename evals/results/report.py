@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Union
 
-from evals.gate import Check
+from evals.gates.thresholds import Check
 from evals.labels import slug
-from evals.metrics import INVALID, DiagnosisMetrics, ProgramMetrics, worst_diagnoses
+from evals.stats.metrics import INVALID, DiagnosisMetrics, ProgramMetrics, worst_diagnoses
 from evals.records import ExampleRecord
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ Decision rules (``alpha``, ``max_drop`` and the others come from :class:`Regress
   ``max_diagnosis_drop``. Over ~10 examples that needs a large drop (10/10 to 5/10), so noise
   rarely fires it; diagnoses with less support are ``report only``.
 
-Each comparison also states its power (:mod:`evals.power`): the smallest true accuracy drop
+Each comparison also states its power (:mod:`evals.stats.power`): the smallest true accuracy drop
 the accuracy rule would catch with 80% probability on these ``n`` examples. On 22 examples
 that is ~0.5, so a passing comparison there says little; ``max_detectable_drop`` makes
 promotion refuse such a comparison.
@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 
 from evals.labels import DIAGNOSES, slug, unknown_label_message
 from evals.records import ExampleRecord
-from evals.thresholds import _found, _is_int, _is_number, _Location
+from evals.config.thresholds import _found, _is_int, _is_number, _Location
 
 MismatchMode = Literal["refuse", "intersect"]
 UnavailableMode = Literal["fail", "warn"]
@@ -166,8 +166,8 @@ class Comparison:
     @cached_property
     def min_detectable_drop(self) -> float:
         """Smallest true accuracy drop the accuracy rule catches with 80% probability on these
-        ``n`` examples, at the observed discordance (:mod:`evals.power`); 1.0 when none is."""
-        from evals.power import discordance_estimate, minimum_detectable_drop
+        ``n`` examples, at the observed discordance (:mod:`evals.stats.power`); 1.0 when none is."""
+        from evals.stats.power import discordance_estimate, minimum_detectable_drop
 
         discordance = discordance_estimate(self.n, self.mcnemar_b, self.mcnemar_c)
         return minimum_detectable_drop(self.n, discordance, self.policy.alpha, self.policy.max_drop)
@@ -253,7 +253,7 @@ def parse_regression_policy(raw: Mapping[str, object] | None, source: str) -> Re
 def parse_section(
     raw: object, source: str, name: str, rules: Mapping[str, Rule], defaults: object
 ) -> dict[str, Any]:
-    """Validate a flat config section against ``rules`` (shared with :mod:`evals.drift`).
+    """Validate a flat config section against ``rules`` (shared with :mod:`evals.stats.drift`).
 
     Returns:
         The keys set in ``raw``, each converted to the type of its attribute on
@@ -434,7 +434,7 @@ def macro_f1(gold: _Array, predicted: _Array, samples: _Array) -> _Array:
 
     Label indices as in ``DIAGNOSES``, 22 for invalid. Per diagnosis F1 = 2·hits /
     (support + predicted), which equals 2PR/(P+R) and is 0 without a hit; the mean runs
-    over the diagnoses with support > 0 in that resample, as in :func:`evals.metrics.aggregate`.
+    over the diagnoses with support > 0 in that resample, as in :func:`evals.stats.metrics.aggregate`.
     """
     rows = samples.shape[0]
     offset = (np.arange(rows) * (_K + 1))[:, None]

@@ -1,6 +1,6 @@
 """A dspy engine that runs an MLX model in process with mlx-lm.
 
-It mirrors ``evals.llama_engine.LlamaCppEngine``: it advertises ``response_format``
+It mirrors ``evals.lm.llama.LlamaCppEngine``: it advertises ``response_format``
 support, and when dspy's JSONAdapter sends a schema whose one property is a string enum
 (the 22 diagnoses), decoding is constrained to the JSON objects ``{field: value}`` the
 schema allows, so the answer always parses. Constraint works on tokens: the allowed
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evals.errors import ConfigError
-from evals.llama_engine import _chat_messages, _json_schema
+from evals.lm.llama import _chat_messages, _json_schema
 
 INSTALL_HINT = "pip install 'symptom-diagnosis-evals[mlx]' (on Linux also 'mlx[cpu]')"
 _END = -1  # trie key marking a complete allowed sequence
@@ -149,8 +149,8 @@ def resolve_target(target: str, *, cache_dir: Path | None = None) -> tuple[str, 
     """``(model path or hub id, short name)`` of an ``mlx:`` target; ``smollm2`` is converted once."""
     _require_mlx()
     if target == "smollm2":
-        from evals.gguf_to_mlx import convert_cached
-        from evals.lm import smollm2_path
+        from evals.lm.gguf_to_mlx import convert_cached
+        from evals.lm.spec import smollm2_path
 
         root = cache_dir or Path(os.environ.get("EVALS_CACHE_DIR") or Path.cwd() / ".evals" / "cache")
         return str(convert_cached(smollm2_path(), root / "mlx")), "smollm2"

@@ -12,7 +12,7 @@ The file says how good each program must be for the gate to pass::
 
 Every problem raises :class:`~evals.errors.ConfigError` with one line naming the file, the
 key path, the value found and what is allowed, so pytest prints it as ``ERROR: ...``. The file
-is read strictly (:mod:`evals.strict_yaml`): a key twice in one mapping, an empty section
+is read strictly (:mod:`evals.config.validation`): a key twice in one mapping, an empty section
 (``programs:`` with nothing under it) and absurd values are errors too, so no limit can vanish.
 """
 
@@ -27,7 +27,7 @@ from typing import TypeGuard, TypeVar
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSIS_SET, unknown_label_message
-from evals.strict_yaml import (
+from evals.config.validation import (
     OversizedNumber,
     load_yaml_strict,
     parse_yaml_strict,
@@ -183,7 +183,7 @@ def parse_thresholds(
     """Validate an already loaded thresholds mapping.
 
     Args:
-        data: What :func:`~evals.strict_yaml.parse_yaml_strict` returned.
+        data: What :func:`~evals.config.validation.parse_yaml_strict` returned.
         source: The file name to put in messages.
         programs: Names of the known programs.
         sha256: Digest of the file bytes, when there was a file.

@@ -1,4 +1,4 @@
-"""Write the session bundle: session.json, artifacts/ and programs/<name>/ (the contract in evals.tracking).
+"""Write the session bundle: session.json, artifacts/ and programs/<name>/ (the contract in evals.store.upload).
 
 The bundle is both the local session report and what is uploaded to MLflow or spooled.
 """
@@ -10,21 +10,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evals.champion_gate import comparison_markdown, regression_section
-from evals.drift_gate import drift_section
-from evals.gate import verdict
-from evals.metrics import ProgramMetrics, flat_metrics
-from evals.robustness_gate import robustness_section
+from evals.gates.champion import comparison_markdown, regression_section
+from evals.gates.drift import drift_section
+from evals.gates.thresholds import verdict
+from evals.stats.metrics import ProgramMetrics, flat_metrics
+from evals.gates.robustness import robustness_section
 
 if TYPE_CHECKING:
-    from evals.outcome import SessionSummary
-    from evals.report import Section
-    from evals.session import EvalsSession
+    from evals.results.summary import SessionSummary
+    from evals.results.report import Section
+    from evals.harness.session import EvalsSession
 
 
 def optimizer_gains(summary: SessionSummary) -> Section | None:
     """Baseline vs compiled accuracy for every evaluated (program, optimizer) pair."""
-    from evals.report import Section
+    from evals.results.report import Section
     from programs.optimizers import split_name
 
     rows = []
@@ -56,9 +56,9 @@ def sections(summary: SessionSummary) -> list[Section]:
 
 
 def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, redact: Any) -> None:
-    """Write session.json, artifacts/ and programs/<name>/ (the contract in evals.tracking)."""
-    from evals.plots import confusion_png
-    from evals.report import ReportContext, render_html, render_markdown
+    """Write session.json, artifacts/ and programs/<name>/ (the contract in evals.store.upload)."""
+    from evals.results.plots import confusion_png
+    from evals.results.report import ReportContext, render_html, render_markdown
 
     artifacts = bundle / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def write_bundle(bundle: Path, session: EvalsSession, summary: SessionSummary, r
 def _write_tables(directory: Path, summary: SessionSummary, redact: Any) -> None:
     import pandas as pd
 
-    from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
+    from evals.results.report import misclassified_frame, per_diagnosis_frame, predictions_frame
 
     predictions = predictions_frame(summary.records, redact)
     predictions.to_parquet(directory / "predictions.parquet", index=False)
@@ -101,9 +101,9 @@ def _write_tables(directory: Path, summary: SessionSummary, redact: Any) -> None
 
 def _write_program_dir(session: EvalsSession, directory: Path, name: str, m: ProgramMetrics,
                        summary: SessionSummary, redact: Any, png: Path) -> None:
-    from evals.model_registry import COMPILED_ARTIFACT
-    from evals.publish import clean_json
-    from evals.report import misclassified_frame, per_diagnosis_frame, predictions_frame
+    from evals.store.registry import COMPILED_ARTIFACT
+    from evals.store.publish import clean_json
+    from evals.results.report import misclassified_frame, per_diagnosis_frame, predictions_frame
 
     directory.mkdir(parents=True, exist_ok=True)
     # Demos in the state are patient texts from the train split: cleaned like every other text.

@@ -4,7 +4,7 @@ Each program's session is compared with the recent history of the same program o
 same examples, read back from MLflow: accuracy against a control band, prediction churn
 since the last session, a chi-square test of the predicted-label distribution, and an LM
 fingerprint (spec, backend version, answers on fixed probe examples) that tells model
-drift from program drift (:mod:`evals.drift`).
+drift from program drift (:mod:`evals.stats.drift`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from evals.records import ExampleRecord
 
 if TYPE_CHECKING:
-    from evals.report import Section
-    from evals.session import EvalsSession
+    from evals.results.report import Section
+    from evals.harness.session import EvalsSession
 
 PROBE_SIZE = 5
 FINGERPRINT_PARAM = "drift.lm_fingerprint"
@@ -49,7 +49,7 @@ def sample_fingerprint(records: Sequence[ExampleRecord]) -> str:
 
 def lm_fingerprint_of(params: dict[str, str], records: Sequence[ExampleRecord]) -> str:
     """LM fingerprint: spec params, backend version and the answers on the first probe examples."""
-    from evals.drift import lm_fingerprint
+    from evals.stats.drift import lm_fingerprint
 
     probes = sorted(records, key=lambda r: r.example_id)[:PROBE_SIZE]
     lm_params = {k: v for k, v in params.items() if k.startswith("lm.")}
@@ -60,9 +60,9 @@ def lm_fingerprint_of(params: dict[str, str], records: Sequence[ExampleRecord]) 
 def check_drift(session: EvalsSession, records: Sequence[ExampleRecord], params: dict[str, str],
                 program_params: dict[str, dict[str, str]]) -> DriftOutcome:
     """Assess every program against its history; history is looked up only in drift mode."""
-    from evals.drift import assess, parse_drift_policy
-    from evals.metrics import aggregate
-    from evals.tracking import TrackingUnavailable, mlflow_errors
+    from evals.stats.drift import assess, parse_drift_policy
+    from evals.stats.metrics import aggregate
+    from evals.store.upload import TrackingUnavailable, mlflow_errors
 
     outcome = DriftOutcome()
     if not session.settings["drift"] or session.settings["no-mlflow"]:
@@ -92,8 +92,8 @@ def check_drift(session: EvalsSession, records: Sequence[ExampleRecord], params:
 
 def _history(uri: str, experiment: str, program: str, sample_fp: str, window: int) -> list[dict[str, Any]]:
     """The most recent runs of ``program`` on the same examples, newest first, with their predictions."""
-    from evals.champion import run_records
-    from evals.store import mlflow_client
+    from evals.store.champions import run_records
+    from evals.store.client import mlflow_client
 
     client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
@@ -117,7 +117,7 @@ def _history(uri: str, experiment: str, program: str, sample_fp: str, window: in
 
 def drift_section(outcome: DriftOutcome) -> Section | None:
     """The drift table of the report."""
-    from evals.report import Section
+    from evals.results.report import Section
 
     rows = []
     for program, report in outcome.reports.items():

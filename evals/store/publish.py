@@ -22,7 +22,7 @@ from evals import secrets
 from evals.records import ExampleRecord
 
 if TYPE_CHECKING:
-    from evals.outcome import SessionSummary
+    from evals.results.summary import SessionSummary
     from evals.redact import Redactor
 
 
@@ -90,8 +90,8 @@ def publish_bundle(bundle: Path, tracking_uri: str, redactor: Redactor | None = 
         TrackingUnavailable: Talking to MLflow failed; one readable line. Whatever was done
             before the failure is found again, not repeated, by the next call.
     """
-    from evals.model_registry import register_candidates
-    from evals.tracking import mlflow_errors, upload_bundle
+    from evals.store.registry import register_candidates
+    from evals.store.upload import mlflow_errors, upload_bundle
 
     run_id = upload_bundle(bundle, tracking_uri, redactor=redactor)
     with mlflow_errors(tracking_uri):

@@ -115,19 +115,19 @@ def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, 
 
     kwargs: dict[str, Any] = {"temperature": spec.temperature, "max_tokens": spec.max_tokens, "cache": cache}
     if spec.backend == "llamacpp":
-        from evals.llama_engine import LlamaCppEngine
+        from evals.lm.llama import LlamaCppEngine
 
         engine = LlamaCppEngine(spec.model, n_threads=n_threads)
         return dspy.LM(f"llamacpp/{Path(spec.model).stem}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
     if spec.backend == "mlx":
-        from evals.mlx_engine import MLXEngine
+        from evals.lm.mlx import MLXEngine
 
         engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
         return dspy.LM(f"mlx/{engine.name}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
     extra: dict[str, Any] = {"api_base": spec.api_base} if spec.api_base else {}
     if spec.api_base and spec.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         extra["api_key"] = "local-server"  # an OpenAI-compatible local server wants some key, never a real one
-    # num_retries=0: the harness retries within the example budget (evals.runner); litellm's own
+    # num_retries=0: the harness retries within the example budget (evals.harness.runner); litellm's own
     # retries inside those would multiply the time one example may take.
     return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=0, **extra, **kwargs)
 

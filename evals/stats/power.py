@@ -1,6 +1,6 @@
 """How large a true accuracy drop the champion gate can see (exact binomial power, pure functions).
 
-The accuracy rule of :mod:`evals.regression` flags a regression when McNemar's exact
+The accuracy rule of :mod:`evals.stats.regression` flags a regression when McNemar's exact
 two-sided test on the discordant pairs gives ``p < alpha`` *and* the observed drop
 ``(b - c) / n`` exceeds ``max_drop``. On few examples that rule is blind to large drops:
 on 22 examples with 5 discordant pairs no split of them reaches ``p < 0.05``.

@@ -175,7 +175,7 @@ def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None 
         ConfigError: The bundle breaks the contract (nothing was sent).
         TrackingUnavailable: Talking to MLflow failed; one readable line.
     """
-    from evals.store import mlflow_client
+    from evals.store.client import mlflow_client
 
     session = Bundle.load(bundle)
     with mlflow_errors(tracking_uri):

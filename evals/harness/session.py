@@ -21,7 +21,7 @@ import pytest
 from evals.data import Example, SymptomDataset
 from evals.errors import ConfigError, LMUnavailable
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
-from evals.settings import Settings
+from evals.config.settings import Settings
 
 ANSWERED_ERRORS = ("AdapterParseError", "answer outside")
 """Errors that mean the LM did answer (with garbage), as opposed to being down."""
@@ -132,16 +132,16 @@ class EvalsSession:
 
     def thresholds(self) -> Any:
         if "thresholds" not in self._cache:
-            from evals.thresholds import load_thresholds
+            from evals.config.thresholds import load_thresholds
 
-            from evals.champion_gate import split_policy
-            from evals.drift import parse_drift_policy
-            from evals.regression import parse_regression_policy
+            from evals.gates.champion import split_policy
+            from evals.stats.drift import parse_drift_policy
+            from evals.stats.regression import parse_regression_policy
 
             thresholds = load_thresholds(self.settings.path("thresholds"), self.known_program_names())
             parse_regression_policy(split_policy(thresholds.regression)[0], thresholds.source)
             parse_drift_policy(thresholds.drift, thresholds.source)
-            from evals.robustness_gate import parse_robustness_policy
+            from evals.gates.robustness import parse_robustness_policy
 
             parse_robustness_policy(thresholds.robustness, thresholds.source)
             self._cache["thresholds"] = thresholds
@@ -149,7 +149,7 @@ class EvalsSession:
 
     def lm_spec(self) -> Any:
         """The LM spec; with --evals-lm-server, the session's shared server instead of an in-process model."""
-        from evals.lm import parse_lm_spec
+        from evals.lm.spec import parse_lm_spec
 
         s = self.settings
         spec, api_base = s["lm"], s["lm-api-base"]
@@ -165,9 +165,9 @@ class EvalsSession:
 
     def start_lm_server(self) -> None:
         """Controller: start the shared model server before any worker (``--evals-lm-server``)."""
-        from evals.lm import parse_lm_spec
-        from evals.lm_server import start_mlx_server
-        from evals.mlx_engine import resolve_target
+        from evals.lm.spec import parse_lm_spec
+        from evals.lm.server import start_mlx_server
+        from evals.lm.mlx import resolve_target
 
         spec = parse_lm_spec(self.settings["lm"])
         if spec.backend != "mlx":
@@ -180,7 +180,7 @@ class EvalsSession:
         if "lm" not in self._cache:
             import dspy
 
-            from evals.lm import build_lm, worker_threads
+            from evals.lm.spec import build_lm, worker_threads
 
             workers = int(self.config.workerinput.get("workercount", 1)) if self.is_worker else 1
             # One response cache for all workers and sessions (diskcache is safe across processes).
@@ -194,7 +194,7 @@ class EvalsSession:
             except ConfigError:
                 raise
             except Exception as exc:  # llama.cpp, mlx and litellm raise many types
-                from evals.runner import one_line
+                from evals.harness.runner import one_line
 
                 raise LMUnavailable(f"LM {spec.spec!r} cannot be loaded: {one_line(exc)}; check --evals-lm") from None
             dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
@@ -225,7 +225,7 @@ class EvalsSession:
         return [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms") for e in examples]
 
     def _compiled(self, name: str, spec: Any, config: Any) -> Any:
-        from evals.compile_cache import get_or_compile
+        from evals.harness.compile_cache import get_or_compile
         from programs.optimizers import compile_program, empty_shape
 
         from evals.scoring import diagnosis_match
@@ -254,7 +254,7 @@ class EvalsSession:
         """Everything that changes a compiled program, readable (hashed into the cache key)."""
         from importlib.metadata import version
 
-        from evals.compile_cache import source_hash
+        from evals.harness.compile_cache import source_hash
         from evals.data import Example, fingerprint
         from evals.scoring import diagnosis_match
 
@@ -279,8 +279,8 @@ class EvalsSession:
 
         A diagnosis with no example in the sample skips its test (nothing to measure is no pass).
         """
-        from evals.gate import diagnosis_failure
-        from evals.runner import RetryPolicy, run_examples
+        from evals.gates.thresholds import diagnosis_failure
+        from evals.harness.runner import RetryPolicy, run_examples
         from programs.optimizers import split_name
 
         examples = [e for e in self.examples() if e.diagnosis == diagnosis]
@@ -313,7 +313,7 @@ class EvalsSession:
         if any(not r.error or r.error.startswith(ANSWERED_ERRORS) for r in records):
             self.lm_answered = True
         elif all(r.lm_down for r in records):
-            from evals.lm import unavailable_line
+            from evals.lm.spec import unavailable_line
 
             first = records[0]
             raise LMUnavailable(unavailable_line(self.lm_spec(), str(first.lm_down), str(first.error)), records)
@@ -322,8 +322,8 @@ class EvalsSession:
         """Run ``program`` on an example and on a perturbed copy of its text; compare the answers."""
         from dataclasses import replace
 
-        from evals.robustness import StabilityRecord
-        from evals.runner import run_one
+        from evals.stats.robustness import StabilityRecord
+        from evals.harness.runner import run_one
 
         module = self.program(program)
         original = run_one(module, program, example)
@@ -388,7 +388,7 @@ class EvalsSession:
             if self.sigterm is not None:
                 self.sigterm.disarm()  # the results are complete: a late SIGTERM must not cut the writing
         if not self.is_worker and (self.state.records or self.state.stability):
-            from evals.outcome import summarize
+            from evals.results.summary import summarize
 
             self.summary = summarize(self)
             # Like pytest-cov: fail the session here, print the red lines in the terminal summary.
@@ -402,7 +402,7 @@ class EvalsSession:
             }
             return
         if self.state.records or self.state.stability:
-            from evals.outcome import summarize, write_and_log
+            from evals.results.summary import summarize, write_and_log
 
             if self.summary is None:  # interrupted before the loop ended: keep what was gathered
                 self.state.interrupted = True
@@ -419,6 +419,6 @@ class EvalsSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or self.summary is None:
             return
-        from evals.terminal import render_summary
+        from evals.results.terminal import render_summary
 
         render_summary(self, self.summary, terminalreporter)

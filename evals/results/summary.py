@@ -1,8 +1,8 @@
 """The controller's end of a session: summarise and gate, then write the bundle and log it.
 
-Everything here runs once, on the controller. The bundle directory (:mod:`evals.bundle`,
-contract in :mod:`evals.tracking`) is both the local session report and what is uploaded
-to MLflow or spooled when MLflow is unreachable; :mod:`evals.terminal` prints the results.
+Everything here runs once, on the controller. The bundle directory (:mod:`evals.results.bundle`,
+contract in :mod:`evals.store.upload`) is both the local session report and what is uploaded
+to MLflow or spooled when MLflow is unreachable; :mod:`evals.results.terminal` prints the results.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evals.bundle import write_bundle
-from evals.champion_gate import check_regressions
-from evals.drift_gate import check_drift
+from evals.results.bundle import write_bundle
+from evals.gates.champion import check_regressions
+from evals.gates.drift import check_drift
 from evals.errors import EvalsWarning
-from evals.gate import Check, check_program, describe
+from evals.gates.thresholds import Check, check_program, describe
 from evals.labels import DIAGNOSES
-from evals.metrics import ProgramMetrics, aggregate
+from evals.stats.metrics import ProgramMetrics, aggregate
 from evals.records import ExampleRecord
-from evals.robustness_gate import check_robustness
+from evals.gates.robustness import check_robustness
 
 if TYPE_CHECKING:
-    from evals.session import EvalsSession
+    from evals.harness.session import EvalsSession
 
 SESSION_METRICS = ("accuracy", "macro_f1", "invalid_rate", "latency_p95_ms")
 
@@ -88,7 +88,7 @@ def summarize(session: EvalsSession) -> SessionSummary:
 def _thresholds_or_defaults(session: EvalsSession) -> tuple[Any, str | None]:
     """The session's thresholds; when they cannot be read, all-default limits and the reason."""
     from evals.errors import ConfigError
-    from evals.thresholds import parse_thresholds
+    from evals.config.thresholds import parse_thresholds
 
     try:
         return session.thresholds(), None
@@ -145,7 +145,7 @@ def _session_params(session: EvalsSession) -> dict[str, str]:
 
 def _program_params(session: EvalsSession, metrics: dict[str, ProgramMetrics], records: list[ExampleRecord],
                     session_params: dict[str, str]) -> dict[str, dict[str, str]]:
-    from evals.drift_gate import FINGERPRINT_PARAM, SAMPLE_PARAM, lm_fingerprint_of, sample_fingerprint
+    from evals.gates.drift import FINGERPRINT_PARAM, SAMPLE_PARAM, lm_fingerprint_of, sample_fingerprint
     from programs.optimizers import split_name
 
     registry, setup = session.registry(), session.optimizer_setup()
@@ -182,7 +182,7 @@ def compile_params(program: str, events: list[dict[str, Any]]) -> dict[str, str]
 
 def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
     """Write the session bundle (the local report), then log it to MLflow or spool it."""
-    from evals.publish import publishable, scrubber
+    from evals.store.publish import publishable, scrubber
     from evals.redact import Redactor
 
     settings = session.settings
@@ -205,8 +205,8 @@ def write_and_log(session: EvalsSession, summary: SessionSummary) -> None:
 
 def _write_gate_summary(artifacts: Path, summary: SessionSummary) -> None:
     """The regression gate's result and warnings: artifacts/regression.md, and the GitHub job summary."""
-    from evals.bundle import _write_markdown
-    from evals.champion_gate import gate_markdown
+    from evals.results.bundle import _write_markdown
+    from evals.gates.champion import gate_markdown
 
     if summary.regression is None or not summary.regression.programs:
         return
@@ -215,7 +215,7 @@ def _write_gate_summary(artifacts: Path, summary: SessionSummary) -> None:
 
 
 def _spool(session: EvalsSession, bundle: Path, redactor: Any, reason: str) -> Path:
-    from evals.spool import spool_bundle
+    from evals.store.spool import spool_bundle
 
     return spool_bundle(bundle, session.settings.path("spool-dir"), tracking_uri=session.settings["tracking-uri"],
                         reason=reason, redactor=redactor)
@@ -234,8 +234,8 @@ def _redact_patterns(session: EvalsSession) -> dict[str, str]:
 
 
 def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor: Any) -> None:
-    from evals.publish import publish_bundle
-    from evals.tracking import TrackingUnavailable, mlflow_errors, run_url_hint
+    from evals.store.publish import publish_bundle
+    from evals.store.upload import TrackingUnavailable, mlflow_errors, run_url_hint
 
     uri = session.settings["tracking-uri"]
     try:
@@ -253,8 +253,8 @@ def _log(session: EvalsSession, summary: SessionSummary, bundle: Path, redactor:
 
 
 def _promote(session: EvalsSession, summary: SessionSummary, uri: str) -> list[str]:
-    from evals.champion import promote_session
-    from evals.champion_gate import split_policy
+    from evals.store.champions import promote_session
+    from evals.gates.champion import split_policy
 
     required = split_policy(session.thresholds().regression)[1]
     return promote_session(uri, summary.run_id or "", required, summary.params.get("git.commit", ""))

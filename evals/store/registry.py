@@ -25,7 +25,7 @@ def register_candidates(tracking_uri: str, parent_run_id: str) -> dict[str, str]
     Returns:
         Registered model name -> version that now carries the ``candidate`` alias.
     """
-    from evals.store import mlflow_client
+    from evals.store.client import mlflow_client
 
     client = mlflow_client(tracking_uri)
     parent = client.get_run(parent_run_id)
