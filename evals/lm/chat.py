@@ -1,0 +1,25 @@
+"""Helpers shared by the in-process engines (llama.cpp and mlx): chat messages and the answer schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def chat_messages(request: Any) -> list[dict[str, str]]:
+    """The chat messages of a dspy LM request (its system text first), as OpenAI-style dicts."""
+    messages = []
+    if request.system is not None:
+        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+        messages.append({"role": "system", "content": system})
+    messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
+    return messages
+
+
+def json_schema(response_format: Any) -> dict[str, Any] | None:
+    """Pull the JSON schema out of an OpenAI-style ``response_format``, if it has one."""
+    if not isinstance(response_format, dict):
+        return None
+    if isinstance(response_format.get("schema"), dict):
+        return response_format["schema"]
+    nested = response_format.get("json_schema")
+    return nested.get("schema") if isinstance(nested, dict) else None
