@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -601,53 +601,37 @@ def synthetic_records(examples: int, programs: Sequence[str] = SYNTHETIC_PROGRAM
     return records
 
 
-@dataclass(frozen=True)
-class _SyntheticProgram:
-    name: str
-
-    def dump_state(self) -> dict[str, Any]:
-        return {"synthetic": self.name}
-
-
-@dataclass
-class SyntheticSession:
-    """The parts of :class:`~evals.harness.session.EvalsSession` that :func:`evals.results.summary.write_bundle` reads."""
-
-    session_id: str
-    started_at: float
-    settings: Any
-    test_split: tuple[Any, ...]
-    state: Any = field(default=None)
-
-    def dataset(self) -> Any:
-        from evals.data import SymptomDataset
-
-        return SymptomDataset(source="synthetic", revision=None, splits={"test": self.test_split})
-
-    def program(self, name: str) -> _SyntheticProgram:
-        return _SyntheticProgram(name)
-
-
 def build_synthetic_bundle(directory: Path, examples: int, programs: Sequence[str] = SYNTHETIC_PROGRAMS) -> Path:
-    """Write a session bundle of ``examples`` × ``programs`` records with :func:`evals.results.summary.write_bundle`."""
-    from evals.data import Example
-    from evals.stats.metrics import aggregate
-    from evals.results.summary import SessionSummary, write_bundle
-    from evals.redact import Redactor
-    from evals.harness.session import ControllerState
+    """Write a session bundle of ``examples`` × ``programs`` records with :func:`evals.results.bundle.write_bundle`."""
+    from evals.config.policies import parse_policies
     from evals.config.settings import resolve
+    from evals.config.thresholds import parse_thresholds
+    from evals.context import SessionContext
+    from evals.data import Example, SymptomDataset
+    from evals.redact import Redactor
+    from evals.results.bundle import write_bundle
+    from evals.results.summary import SessionSummary
+    from evals.stats.metrics import aggregate
 
     records = synthetic_records(examples, programs)
-    metrics = aggregate(records)
     split = tuple(Example(r.example_id, r.symptoms, r.gold) for r in records if r.program == programs[0])
     session_id = uuid.UUID(int=random.Random(f"bundle:{examples}").getrandbits(128)).hex
-    session = SyntheticSession(session_id, time.time(), resolve({}, {}, {}, ROOT), split, ControllerState())
     params = {"lm.spec": "smollm2", "sample.examples": str(examples), "sample.seed": str(SEED),
               "dataset.source": "synthetic"}
-    summary = SessionSummary(records=records, metrics=metrics, checks={name: [] for name in metrics}, error_lines=[],
-                             incomplete=[], params=params,
+    names = sorted(set(programs))
+    context = SessionContext(
+        session_id=session_id, started_at=time.time(), settings=resolve({}, {}, {}, ROOT),
+        policies=parse_policies(parse_thresholds({"version": 1}, "<bench>", names)),
+        records=tuple(sorted(records, key=lambda r: (r.program, r.example_id))),
+        manifest=SymptomDataset(source="synthetic", revision=None, splits={"test": split}).manifest(),
+        params=params, program_params={name: {"program.name": name, "program.base": name} for name in names},
+        program_states={name: {"program": name, "state": {"synthetic": name}} for name in names},
+    )
+    metrics = aggregate(records)
+    summary = SessionSummary(records=list(context.records), metrics=metrics, checks={name: [] for name in metrics},
+                             error_lines=[], incomplete=[], params=params,
                              program_params={name: {"program.name": name, "program.base": name} for name in metrics})
-    write_bundle(directory, session, summary, Redactor.from_config({}).text)  # type: ignore[arg-type]
+    write_bundle(directory, context, summary, Redactor.from_config({}).text)
     return directory
 
 

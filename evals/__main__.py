@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evals.errors import ConfigError
-from evals.store.upload import TrackingUnavailable, display_uri
+from evals.store.client import TrackingUnavailable, display_uri
 
 DEFAULT_SPOOL = Path(".evals/spool")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -117,11 +117,11 @@ def _configure_promote(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_promote(args: argparse.Namespace) -> int:
-    from evals.store.champions import promote_session
+    from evals.store.registry import promote_session
     from evals.config.validation import load_yaml_strict
-    from evals.gates.champion import split_policy
+    from evals.config.policies import split_policy
     from evals.environment import git_facts
-    from evals.store.upload import mlflow_errors
+    from evals.store.client import mlflow_errors
 
     raw = load_yaml_strict(args.thresholds) if args.thresholds.is_file() else {}
     required = split_policy((raw or {}).get("regression"))[1]
@@ -139,9 +139,9 @@ def _configure_rollback(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rollback(args: argparse.Namespace) -> int:
-    from evals.store.champions import rollback
+    from evals.store.registry import rollback
     from evals.environment import git_facts
-    from evals.store.upload import mlflow_errors
+    from evals.store.client import mlflow_errors
 
     uri = tracking_uri(args)
     with mlflow_errors(uri):

@@ -1,8 +1,9 @@
-"""The pytest plugin: options, ini keys, markers and fixtures.
+"""The pytest plugin: options, ini keys, markers, fixtures and parametrization.
 
-Every hook with real work hands over to one :class:`~evals.harness.session.EvalsSession`
-kept on ``config.stash``; aggregation, gating, MLflow logging and reports happen
-there, once, on the controller.
+Each process gets one :class:`~evals.harness.resources.Harness` (its lazily built resources),
+kept on ``config.stash`` and handed to the fixtures. The controller registers a
+:class:`~evals.controller.Controller`, which gathers, gates, writes and logs once; an xdist
+worker registers a :class:`~evals.harness.worker.Worker`, which only reports back.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from evals.config.settings import OPTIONS, resolve
 from evals.errors import ConfigError, LMUnavailable
 from evals.labels import DIAGNOSES, slug
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY
-from evals.config.settings import OPTIONS, resolve
 
 if TYPE_CHECKING:
-    from evals.harness.session import DiagnosisOutcome, EvalsSession
+    from evals.harness.resources import DiagnosisOutcome, Harness
 
-SESSION_KEY = pytest.StashKey["EvalsSession"]()
+HARNESS_KEY = pytest.StashKey["Harness"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,7 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from evals.harness.session import EvalsSession
+    from evals.controller import Controller
+    from evals.harness.resources import Harness
+    from evals.harness.worker import Worker
 
     # litellm would fetch its model cost map from the network at first use; offline that is a slow failure.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
@@ -50,16 +53,18 @@ def pytest_configure(config: pytest.Config) -> None:
     cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
     ini = {option.ini: config.getini(option.ini) for option in OPTIONS}
     settings = resolve(cli, ini, os.environ, config.rootpath, config.invocation_params.dir)
-    session = EvalsSession(config, settings)
-    config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(session, "evals-session")
+    worker_input = getattr(config, "workerinput", None)
+    harness = Harness(settings, worker_input)
+    config.stash[HARNESS_KEY] = harness
+    hooks = Worker(config, harness) if worker_input is not None else Controller(config, harness)
+    config.pluginmanager.register(hooks, "evals-session")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``(evals_program, diagnosis)`` over the selected programs and the 22 diagnoses."""
     if "evals_program" not in metafunc.fixturenames:
         return
-    programs = metafunc.config.stash[SESSION_KEY].program_names()
+    programs = metafunc.config.stash[HARNESS_KEY].program_names()
     if "diagnosis" in metafunc.fixturenames:
         cases = [(program, diagnosis) for program in programs for diagnosis in DIAGNOSES]
         ids = [f"{program}-{slug(diagnosis)}" for program, diagnosis in cases]
@@ -75,16 +80,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def evals_session(pytestconfig: pytest.Config) -> EvalsSession:
-    """The harness session of this process (settings, dataset, LM, thresholds)."""
-    return pytestconfig.stash[SESSION_KEY]
+def evals_session(pytestconfig: pytest.Config) -> Harness:
+    """The harness of this process (settings, dataset, LM, thresholds)."""
+    return pytestconfig.stash[HARNESS_KEY]
 
 
 SETUP_STOP = "a setup error stops the session (the line at the end)"
 """Why the test that met a setup error is skipped: the error itself is printed once, as the stop reason."""
 
 
-def guarded(session: EvalsSession, request: pytest.FixtureRequest, call: Callable[[], Any]) -> Any:
+def guarded(session: Harness, request: pytest.FixtureRequest, call: Callable[[], Any]) -> Any:
     """Run ``call``; a setup problem (bad data, LM down) stops the session with its one line.
 
     The line is pytest's stop reason (``Interrupted: <line>``, exit 2), printed once. The test that
@@ -101,26 +106,26 @@ def guarded(session: EvalsSession, request: pytest.FixtureRequest, call: Callabl
 
 
 @pytest.fixture(scope="session")
-def evals_lm(evals_session: EvalsSession, request: pytest.FixtureRequest) -> Iterator[Any]:
+def evals_lm(evals_session: Harness, request: pytest.FixtureRequest) -> Iterator[Any]:
     """The configured ``dspy.LM``, loaded once per process and set as dspy's default LM."""
-    yield guarded(evals_session, request, evals_session.lm)
+    yield guarded(evals_session, request, lambda: evals_session.lm)
 
 
 @pytest.fixture
 def evals_evaluate(
-    evals_session: EvalsSession, evals_lm: Any, request: pytest.FixtureRequest
+    evals_session: Harness, evals_lm: Any, request: pytest.FixtureRequest
 ) -> Callable[[str, str], DiagnosisOutcome]:
     """Run a program on one diagnosis's sampled examples; the records travel with the test report."""
 
     def evaluate(program: str, diagnosis: str) -> DiagnosisOutcome:
-        outcome = guarded(evals_session, request, lambda: _evaluate(evals_session, request, program, diagnosis))
+        outcome = guarded(evals_session, request, lambda: evaluate_recording(evals_session, request, program, diagnosis))
         request.node.user_properties.append(outcome.as_property())
         return outcome
 
     return evaluate
 
 
-def _evaluate(session: EvalsSession, request: pytest.FixtureRequest, program: str, diagnosis: str) -> DiagnosisOutcome:
+def evaluate_recording(session: Harness, request: pytest.FixtureRequest, program: str, diagnosis: str) -> DiagnosisOutcome:
     """``session.evaluate``; when it finds the LM down, the records it gathered still travel with the report."""
     try:
         return session.evaluate(program, diagnosis)
@@ -131,7 +136,7 @@ def _evaluate(session: EvalsSession, request: pytest.FixtureRequest, program: st
 
 @pytest.fixture
 def evals_stability(
-    evals_session: EvalsSession, evals_lm: Any, request: pytest.FixtureRequest
+    evals_session: Harness, evals_lm: Any, request: pytest.FixtureRequest
 ) -> Callable[..., Any]:
     """Compare a program's answers on an example and on a perturbed text; the record travels with the report."""
 

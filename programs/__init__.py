@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from programs.registry import PROGRAMS, ProgramSpec, get_program
+from programs.registry import OPTIMIZERS, OPTIMIZERS_FILE, PROGRAMS, ProgramSpec, get_program
 
-__all__ = ["PROGRAMS", "ProgramSpec", "get_program"]
+__all__ = ["OPTIMIZERS", "OPTIMIZERS_FILE", "PROGRAMS", "ProgramSpec", "get_program"]

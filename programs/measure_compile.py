@@ -60,7 +60,9 @@ def measure(optimizer: str, program: str, lm: Any, data_dir: Path | None, per_di
 
     from evals.data import load_dataset, sample
     from evals.scoring import diagnosis_match
-    from programs.optimizers import CONFIG_FILE, check_pair, compile_program, load_setup
+    from evals.config.optimizers import check_pair, load_setup
+    from evals.harness.optimize import compile_program
+    from programs.registry import OPTIMIZERS_FILE as CONFIG_FILE
     from programs.registry import PROGRAMS
 
     setup = load_setup(optimizers_file or CONFIG_FILE, PROGRAMS)

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import dspy
@@ -67,6 +68,12 @@ PROGRAMS: dict[str, ProgramSpec] = {
                     _tfidf_logreg, modules=(reference,), reference=True),
     )
 }
+
+
+OPTIMIZERS: dict[str, type] = {"KNNFewShot": knn.KNNFewShot}
+"""Optimizer classes besides dspy's that optimizers.yaml may name (the harness looks them up here)."""
+OPTIMIZERS_FILE = Path(__file__).with_name("optimizers.yaml")
+"""The optimizer configurations shipped with these programs (``--evals-optimizers`` default)."""
 
 
 def get_program(name: str) -> ProgramSpec:

@@ -198,7 +198,9 @@ def test_synthetic_records_are_seeded() -> None:
 def test_synthetic_bundle_uploads_as_one_parent_run_with_artifacts(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from evals.store.upload import PARENT_TAG, SESSION_TAG, upload_bundle
+    from evals.store.schema import PARENT_TAG, SESSION_TAG
+
+    from evals.store.upload import upload_bundle
 
     bundle = build_synthetic_bundle(tmp_path / "bundle", 1_000)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

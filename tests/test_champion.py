@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.store.champions import promotion_blockers
+from evals.store.registry import promotion_blockers
 from evals.gates.champion import is_local_store
 from tests.mlflow_server import QUIET_ENV
 from tests.test_plugin import run
@@ -64,7 +64,7 @@ def test_baseline_run_with_other_examples_is_refused(eval_project: pytest.Pytest
 LOOKUP = """
 import json, sys
 from evals.store.champions import find_champion
-from evals.store.upload import TrackingUnavailable, mlflow_errors
+from evals.store.client import TrackingUnavailable, mlflow_errors
 uri = sys.argv[1]
 try:
     with mlflow_errors(uri):

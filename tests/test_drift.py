@@ -11,15 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evals.config.policies import DriftPolicy, parse_drift_policy
 from evals.stats.drift import (
-    DriftPolicy,
     assess,
     churn,
     classify_drift,
     control_band,
     label_shift,
     lm_fingerprint,
-    parse_drift_policy,
 )
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES

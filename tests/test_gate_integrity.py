@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.gates.champion import ProgramGate, RegressionOutcome, gate_markdown, regression_section
+from evals.gates.champion import ProgramGate, RegressionOutcome
+from evals.results.sections import gate_markdown, regression_section
 from tests.mlflow_server import free_port
 from tests.test_champion import cli
 from tests.test_plugin import bundles, parent_runs, run

@@ -13,17 +13,15 @@ import pytest
 from evals.harness.compile_cache import compile_key
 from evals.errors import ConfigError
 from tests.conftest import DUMMY_CONFTEST
-from programs.optimizers import (
-    CONFIG_FILE,
+from evals.config.optimizers import OptimizerConfig, load_setup, split_name
+from evals.harness.optimize import (
     REFLECTION_MAX_TOKENS,
-    OptimizerConfig,
     compile_program,
     empty_shape,
     feedback_metric,
-    load_setup,
     make_optimizer,
-    split_name,
 )
+from programs.registry import OPTIMIZERS_FILE as CONFIG_FILE
 from programs.registry import PROGRAMS
 
 XDIST = pytest.mark.parametrize("xdist", ["", "-n 2"], ids=["no-xdist", "xdist-2"])
@@ -437,15 +435,13 @@ def test_feedback_metric_scores_and_explains() -> None:
 
 
 def _session(tmp_path: Path, **cli: str) -> Any:
-    from types import SimpleNamespace
-
-    from evals.harness.session import EvalsSession
+    from evals.harness.resources import Harness
     from evals.config.settings import resolve
 
     fake = tmp_path / "fake.gguf"
     fake.write_text("not a model")
     settings = resolve({"evals_lm": f"llamacpp:{fake}", **cli}, {}, {}, tmp_path)
-    return EvalsSession(SimpleNamespace(), settings)  # type: ignore[arg-type]
+    return Harness(settings)
 
 
 def test_compile_parts_name_the_program_source_and_key_follows_it(tmp_path: Path, tiny_data_dir: Path) -> None:

@@ -20,7 +20,8 @@ from evals.stats.power import (
     minimum_detectable_drop,
 )
 from evals.records import ExampleRecord
-from evals.stats.regression import RegressionPolicy, compare, parse_regression_policy
+from evals.config.policies import RegressionPolicy, parse_regression_policy
+from evals.stats.regression import compare
 
 K = len(DIAGNOSES)
 POLICY = RegressionPolicy(bootstrap_samples=100)

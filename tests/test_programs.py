@@ -168,12 +168,10 @@ def test_tfidf_logreg_is_the_one_reference_program() -> None:
 
 
 def test_default_selection_includes_the_reference(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from evals.harness.session import EvalsSession
+    from evals.harness.resources import Harness
     from evals.config.settings import resolve
 
-    session = EvalsSession(SimpleNamespace(), resolve({}, {}, {}, tmp_path))  # type: ignore[arg-type]
+    session = Harness(resolve({}, {}, {}, tmp_path))
 
     names = session.program_names()
 

@@ -15,15 +15,14 @@ from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
 from evals.stats.metrics import aggregate
 from evals.records import ExampleRecord
+from evals.config.policies import RegressionPolicy, parse_regression_policy
 from evals.stats.regression import (
     Comparison,
     ComparisonRefused,
-    RegressionPolicy,
     compare,
     macro_f1,
     mcnemar_p,
     pair_records,
-    parse_regression_policy,
 )
 
 N, K = 212, len(DIAGNOSES)

@@ -230,7 +230,7 @@ def test_empty_file(tmp_path: Path, text: str) -> None:
 
 def test_real_thresholds_file_loads() -> None:
     """The repository's thresholds.yaml, with the names the session allows (programs and program+optimizer)."""
-    from programs.optimizers import load_setup
+    from evals.config.optimizers import load_setup
 
     optimizers = load_setup(REPO_THRESHOLDS.parent / "programs" / "optimizers.yaml", PROGRAMS).optimizers
     known = [*PROGRAMS, *(f"{p}+{o}" for p in PROGRAMS for o in optimizers)]
@@ -561,7 +561,7 @@ def test_any_non_negative_int_is_a_valid_min_support(value: int) -> None:
 
 
 def test_optimizers_yaml_is_read_strictly_too(tmp_path: Path) -> None:
-    from programs.optimizers import load_setup
+    from evals.config.optimizers import load_setup
 
     path = tmp_path / "optimizers.yaml"
     path.write_text("optimizers:\n  knn: {class: KNNFewShot}\n  knn: {class: LabeledFewShot}\n")

@@ -27,20 +27,9 @@ from evals.store.history import Delta, ProgramResult, Session, compare, recent_s
 from evals.redact import Redactor
 from evals.store.spool import pending, spool_bundle, sync_spool
 from tests.mlflow_server import QUIET_ENV, MlflowServer
-from evals.store.upload import (
-    FAST_FAIL_ENV,
-    MAX_ENTITIES_PER_BATCH,
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    PARENT_TAG,
-    SESSION_TAG,
-    TrackingUnavailable,
-    batches,
-    mlflow_errors,
-    run_url_hint,
-    unavailable,
-    upload_bundle,
-)
+from evals.store.client import FAST_FAIL_ENV, TrackingUnavailable, mlflow_errors, unavailable
+from evals.store.schema import PARENT_TAG, SESSION_TAG
+from evals.store.upload import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, batches, run_url_hint, upload_bundle
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -23,12 +23,15 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeGuard, TypeVar
+from typing import TypeVar
 
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSIS_SET, unknown_label_message
 from evals.config.validation import (
-    OversizedNumber,
+    Location,
+    found,
+    is_int,
+    is_number,
     load_yaml_strict,
     parse_yaml_strict,
     read_bounded,
@@ -135,22 +138,6 @@ class _Section:
     overrides: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Location:
-    """A key path inside a file, used to build error messages."""
-
-    source: str
-    path: str = ""
-
-    def child(self, key: object) -> _Location:
-        name = shorten(str(key))
-        return _Location(self.source, f"{self.path}.{name}" if self.path else name)
-
-    def error(self, problem: str) -> ConfigError:
-        where = f"{self.source}: {self.path}" if self.path else self.source
-        return ConfigError(f"{where}: {problem}")
-
-
 def load_thresholds(path: Path, programs: Collection[str]) -> Thresholds:
     """Read, parse and validate a thresholds file.
 
@@ -192,11 +179,11 @@ def parse_thresholds(
         ConfigError: Any unknown key, wrong type, value out of range, unknown program or
             unknown diagnosis, naming the key path, the value found and what is allowed.
     """
-    top = _Location(source)
+    top = Location(source)
     if data is None:
         raise top.error("file is empty; it needs at least 'version: 1'")
     if not isinstance(data, Mapping):
-        raise top.error(f"expected a mapping at the top level, found {_found(data)}")
+        raise top.error(f"expected a mapping at the top level, found {found(data)}")
     _check_keys(data, TOP_LEVEL_KEYS, top)
     _check_version(data, top)
     sections = _parse_programs(_section(data, "programs", top), top.child("programs"), programs)
@@ -212,18 +199,18 @@ def parse_thresholds(
     )
 
 
-def _check_version(data: Mapping[object, object], top: _Location) -> None:
+def _check_version(data: Mapping[object, object], top: Location) -> None:
     where = top.child("version")
     if "version" not in data:
         raise where.error("missing required key; add 'version: 1' at the top of the file")
     version = data["version"]
-    if not (_is_int(version) and version in SUPPORTED_VERSIONS):
+    if not (is_int(version) and version in SUPPORTED_VERSIONS):
         supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
-        raise where.error(f"unsupported version {_found(version)}; supported: {supported}")
+        raise where.error(f"unsupported version {found(version)}; supported: {supported}")
 
 
 def _parse_programs(
-    value: Mapping[object, object], where: _Location, programs: Collection[str]
+    value: Mapping[object, object], where: Location, programs: Collection[str]
 ) -> dict[str, _Section]:
     known = [DEFAULT_SECTION, *sorted(set(programs) - {DEFAULT_SECTION})]
     sections: dict[str, _Section] = {}
@@ -235,7 +222,7 @@ def _parse_programs(
     return sections
 
 
-def _parse_section(value: object, where: _Location) -> _Section:
+def _parse_section(value: object, where: Location) -> _Section:
     section = _mapping(value, where, f"a mapping with keys {', '.join(PROGRAM_KEYS)}")
     _check_keys(section, PROGRAM_KEYS, where)
     at_recall = where.child("recall")
@@ -254,7 +241,7 @@ def _parse_section(value: object, where: _Location) -> _Section:
     )
 
 
-def _parse_overrides(floors: Mapping[object, object], where: _Location) -> dict[str, float]:
+def _parse_overrides(floors: Mapping[object, object], where: Location) -> dict[str, float]:
     overrides: dict[str, float] = {}
     for diagnosis, floor in floors.items():
         if diagnosis not in DIAGNOSIS_SET:
@@ -279,7 +266,7 @@ def _merge(base: ProgramThresholds, section: _Section) -> ProgramThresholds:
     )
 
 
-def _raw_section(data: Mapping[object, object], key: str, top: _Location) -> dict[str, object]:
+def _raw_section(data: Mapping[object, object], key: str, top: Location) -> dict[str, object]:
     """Return a section kept for a later validator, checking only that it is a mapping."""
     section = _section(data, key, top)
     return {str(name): value for name, value in section.items()}
@@ -293,7 +280,7 @@ _SECTION_CONTENT = {
 
 
 def _section(
-    mapping: Mapping[object, object], key: str, parent: _Location
+    mapping: Mapping[object, object], key: str, parent: Location
 ) -> Mapping[object, object]:
     """Return ``mapping[key]`` checked to be a mapping, or ``{}`` when the key is absent.
 
@@ -305,19 +292,19 @@ def _section(
     return _mapping(mapping[key], parent.child(key), _SECTION_CONTENT.get(key, "a mapping"))
 
 
-def _mapping(value: object, where: _Location, expected: str) -> Mapping[object, object]:
+def _mapping(value: object, where: Location, expected: str) -> Mapping[object, object]:
     """Return ``value`` as a mapping; ``None`` (an empty section) is an error."""
     if value is None:
         raise where.error(
             f"expected {expected}, found nothing (an empty section: fill it in or delete the key)"
         )
     if not isinstance(value, Mapping):
-        raise where.error(f"expected {expected}, found {_found(value)}")
+        raise where.error(f"expected {expected}, found {found(value)}")
     return value
 
 
 def _check_keys(
-    mapping: Mapping[object, object], allowed: tuple[str, ...], where: _Location
+    mapping: Mapping[object, object], allowed: tuple[str, ...], where: Location
 ) -> None:
     for key in mapping:
         if key not in allowed:
@@ -328,61 +315,29 @@ def _check_keys(
 def _optional(
     mapping: Mapping[object, object],
     key: str,
-    where: _Location,
-    convert: Callable[[object, _Location], _T],
+    where: Location,
+    convert: Callable[[object, Location], _T],
 ) -> _T | None:
     return convert(mapping[key], where.child(key)) if key in mapping else None
 
 
-def _fraction(value: object, where: _Location) -> float:
-    if _is_number(value) and 0.0 <= value <= 1.0:
+def _fraction(value: object, where: Location) -> float:
+    if is_number(value) and 0.0 <= value <= 1.0:
         return float(value)
-    raise where.error(f"expected a number between 0 and 1, found {_found(value)}")
+    raise where.error(f"expected a number between 0 and 1, found {found(value)}")
 
 
-def _milliseconds(value: object, where: _Location) -> float:
-    if _is_number(value) and math.isfinite(value) and value > 0:
+def _milliseconds(value: object, where: Location) -> float:
+    if is_number(value) and math.isfinite(value) and value > 0:
         return float(value)
-    raise where.error(f"expected a positive number of milliseconds, found {_found(value)}")
+    raise where.error(f"expected a positive number of milliseconds, found {found(value)}")
 
 
-def _count(value: object, where: _Location) -> int:
-    if _is_int(value) and value >= 0:
+def _count(value: object, where: Location) -> int:
+    if is_int(value) and value >= 0:
         return value
-    raise where.error(f"expected a whole number >= 0, found {_found(value)}")
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    # bool is an int subclass, but `min_accuracy: yes` is a mistake, not 1.0.
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+    raise where.error(f"expected a whole number >= 0, found {found(value)}")
 
 
 def _pick(value: _T | None, fallback: _T) -> _T:
     return fallback if value is None else value
-
-
-def _found(value: object) -> str:
-    """Describe a found value in YAML terms, short enough for one line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, OversizedNumber):
-        return repr(value)
-    if _is_number(value):
-        try:
-            return shorten(repr(value))
-        except ValueError:  # an int beyond Python's 4300-digit str() limit
-            return f"an integer of about {int(int(value).bit_length() * 0.30103)} digits"
-    if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"{shown!r} (a string)"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"

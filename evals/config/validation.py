@@ -8,9 +8,10 @@ such as an integer of thousands of digits. :func:`load_yaml_strict` refuses both
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -208,3 +209,87 @@ def yaml_error(error: yaml.YAMLError, source: str) -> ConfigError:
     return ConfigError(
         f"{source}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
     )
+
+
+@dataclass(frozen=True)
+class Location:
+    """A key path inside a file, used to build error messages."""
+
+    source: str
+    path: str = ""
+
+    def child(self, key: object) -> Location:
+        name = shorten(str(key))
+        return Location(self.source, f"{self.path}.{name}" if self.path else name)
+
+    def error(self, problem: str) -> ConfigError:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return ConfigError(f"{where}: {problem}")
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    # bool is an int subclass, but `min_accuracy: yes` is a mistake, not 1.0.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def found(value: object) -> str:
+    """Describe a found value in YAML terms, short enough for one line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, OversizedNumber):
+        return repr(value)
+    if is_number(value):
+        try:
+            return shorten(repr(value))
+        except ValueError:  # an int beyond Python's 4300-digit str() limit
+            return f"an integer of about {int(int(value).bit_length() * 0.30103)} digits"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"{shown!r} (a string)"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+Rule = tuple[Callable[[Any], bool], str]
+"""A config value's test and the words for what it allows."""
+
+
+def parse_section(
+    raw: object, source: str, name: str, rules: Mapping[str, Rule], defaults: object
+) -> dict[str, Any]:
+    """Validate a flat config section against ``rules`` (the regression and drift sections).
+
+    Returns:
+        The keys set in ``raw``, each converted to the type of its attribute on
+        ``defaults`` (``max_drop: 0`` becomes ``0.0``).
+
+    Raises:
+        ConfigError: e.g. ``thresholds.yaml: regression.alpha: expected a number strictly
+            between 0 and 1, found 1.5``; also for a non-mapping or an unknown key.
+    """
+    where = Location(source, name)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise where.error(f"expected a mapping with keys {', '.join(rules)}, found {found(raw)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in rules:
+            raise where.child(key).error(f"unknown key {key!r}; allowed: {', '.join(rules)}")
+        accepts, allowed = rules[key]
+        if not accepts(value):
+            raise where.child(key).error(f"expected {allowed}, found {found(value)}")
+        default = getattr(defaults, key)
+        # Optional keys (default None) keep their value; numbers become floats.
+        values[key] = type(default)(value) if default is not None else (
+            float(value) if is_number(value) else value)
+    return values

@@ -1,4 +1,4 @@
-"""The regression gate against the champion, run once on the controller after the tests.
+"""The regression gate against the champion: a pure check over the session context and the store view.
 
 For every evaluated program that has a champion (or with ``--evals-baseline-run``, the
 given run), the session's records are compared with the champion's on the same examples
@@ -14,20 +14,18 @@ is tagged ``evals.regression=unavailable`` and cannot be promoted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from evals.records import ExampleRecord
-
-if TYPE_CHECKING:
-    from evals.stats.regression import Comparison
-    from evals.results.report import Section
-    from evals.harness.session import EvalsSession
-
-PROMOTION_KEY = "promote_requires"
-"""Key of ``regression:`` in thresholds.yaml: params a session must match to be promoted."""
+from evals.config.policies import RegressionPolicy
+from evals.context import SessionContext
+from evals.stats.regression import Comparison, ComparisonRefused, compare
+from evals.store.champions import Champion
+from evals.store.client import display_uri
+from evals.store.registry import registered_name
+from evals.store.schema import ON_UNAVAILABLE_TAG, REGRESSION_REASON_TAG, REGRESSION_TAG, TOO_WEAK_TAG
+from evals.store.view import StoreView, Unavailable, regression_skipped
 GateStatus = Literal["pass", "fail", "unavailable", "no champion", "skipped"]
 _OVERALL = (("fail", "fail"), ("unavailable", "unavailable"), ("pass", "pass"))
 """Overall status: the first of these any program has, else ``none`` (nothing was compared)."""
@@ -86,11 +84,9 @@ class RegressionOutcome:
 
     def tags(self) -> dict[str, str]:
         """Session tags: ``evals.regression`` (+ reason) and ``evals.regression.too_weak``."""
-        from evals.store.champions import REGRESSION_REASON_TAG, REGRESSION_TAG, TOO_WEAK_TAG
-
         tags = {REGRESSION_TAG: self.status, REGRESSION_REASON_TAG: self.reason}
         if self.status == "unavailable":
-            tags["evals.regression.on_unavailable"] = self.on_unavailable
+            tags[ON_UNAVAILABLE_TAG] = self.on_unavailable
         weak = self.too_weak()
         if weak:
             tags[TOO_WEAK_TAG] = "; ".join(weak)[:MAX_REASON]
@@ -122,60 +118,42 @@ class RegressionOutcome:
         return metrics
 
 
-def split_policy(raw: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """Separate the promotion requirements from the statistical policy of ``regression:``."""
-    section = dict(raw or {})
-    required = section.pop(PROMOTION_KEY, None) or {}
-    return section, {str(k): str(v) for k, v in dict(required).items()}
-
-
-def check_regressions(session: EvalsSession, records: Sequence[ExampleRecord]) -> RegressionOutcome:
-    """Compare each program with its champion (or the explicit baseline run)."""
-    from evals.stats.regression import parse_regression_policy
-    from evals.store.upload import TrackingUnavailable
-
+def check_regressions(context: SessionContext, view: StoreView) -> RegressionOutcome:
+    """Compare each program with its baseline as the store returned it (pure: no lookup here)."""
     outcome = RegressionOutcome()
-    settings = session.settings
-    programs = sorted({r.program for r in records})
-    skipped = "--evals-no-regression" if settings["no-regression"] else "--evals-no-mlflow" if settings["no-mlflow"] else ""
+    settings = context.settings
+    skipped = regression_skipped(context)
     if skipped:
-        outcome.programs = {p: ProgramGate("skipped", f"regression gate skipped ({skipped})") for p in programs}
+        outcome.programs = {p: ProgramGate("skipped", f"regression gate skipped ({skipped})") for p in context.programs}
         return outcome
-    thresholds = session.thresholds()
-    policy = parse_regression_policy(split_policy(thresholds.regression)[0], thresholds.source)
+    policy = context.policies.regression
     outcome.on_unavailable = policy.unavailable_mode(settings.trigger, bool(settings["promote"]))
     uri = settings["tracking-uri"]
     if settings.trigger == "ci" and is_local_store(uri):
         outcome.warnings.append(ephemeral_store_warning(uri))
         outcome.notes.append(ephemeral_store_warning(uri))
-    down = ""  # once the server is unreachable, do not wait for it once per program
-    for program in programs:
-        mine = [r for r in records if r.program == program]
-        try:
-            gate = ProgramGate("unavailable", down) if down else _check_one(session, program, mine, policy, outcome)
-        except TrackingUnavailable as exc:
-            gate, down = ProgramGate("unavailable", str(exc)), str(exc) if exc.unreachable else ""
-        outcome.programs[program] = gate
+    for program in context.programs:
+        baseline = view.baselines.get(program)
+        if isinstance(baseline, Unavailable):
+            outcome.programs[program] = ProgramGate("unavailable", baseline.reason)
+        else:
+            outcome.programs[program] = _check_one(context, program, baseline, policy, outcome)
     _report_unavailable(outcome)
     return outcome
 
 
-def _check_one(session: EvalsSession, program: str, mine: list[ExampleRecord], policy: Any,
+def _check_one(context: SessionContext, program: str, baseline: Champion | None, policy: RegressionPolicy,
                outcome: RegressionOutcome) -> ProgramGate:
-    """Look up the baseline of one program and compare; lookup failures raise TrackingUnavailable."""
-    from evals.store.registry import registered_name
-    from evals.stats.regression import ComparisonRefused, compare
-
-    baseline = _baseline(session, program)
-    if baseline is None and session.settings["baseline-run"]:
-        return ProgramGate("unavailable", f"baseline run {session.settings['baseline-run']} has no run of {program}")
+    """Compare one program with its baseline."""
+    if baseline is None and context.settings["baseline-run"]:
+        return ProgramGate("unavailable", f"baseline run {context.settings['baseline-run']} has no run of {program}")
     if baseline is None:
         line = (f"No champion yet for {program} (registered as {registered_name(program)}): nothing to compare; "
                 "promote a session to create one")
         outcome.info.append(line)
         return ProgramGate("no champion", line)
     try:
-        comparison = compare(mine, list(baseline.records), policy)
+        comparison = compare(context.records_of(program), list(baseline.records), policy)
     except ComparisonRefused as exc:
         outcome.error_lines.append(str(exc))
         return ProgramGate("fail", str(exc))
@@ -208,22 +186,6 @@ def _report_unavailable(outcome: RegressionOutcome) -> None:
             outcome.notes.append(f"{line}; the session cannot be promoted")
 
 
-def _baseline(session: EvalsSession, program: str) -> Any:
-    """The champion (or the explicit baseline run) of ``program``, None when it has none.
-
-    Raises:
-        TrackingUnavailable: The lookup failed (server down, HTTP 5xx, broken store, ...).
-    """
-    from evals.store.champions import baseline_from_run, find_champion
-    from evals.store.upload import mlflow_errors
-
-    uri = session.settings["tracking-uri"]
-    with mlflow_errors(uri):
-        if session.settings["baseline-run"]:
-            return baseline_from_run(uri, session.settings["baseline-run"], program)
-        return find_champion(uri, program)
-
-
 def is_local_store(tracking_uri: str) -> bool:
     """True for a sqlite file or a file store: on an ephemeral CI runner it is gone after the job."""
     if tracking_uri.split(":")[0].lower() in ("databricks", "databricks-uc"):
@@ -234,62 +196,6 @@ def is_local_store(tracking_uri: str) -> bool:
 
 def ephemeral_store_warning(tracking_uri: str) -> str:
     """The warning for a CI session that tracks into a local store."""
-    from evals.store.upload import display_uri
-
     return (f"the tracking store {display_uri(tracking_uri)} is a local file: on an ephemeral CI runner it cannot "
             "keep a champion between runs, so the regression gate has nothing to compare with; point "
             "EVALS_TRACKING_URI (or MLFLOW_TRACKING_URI) at a persistent `mlflow server`")
-
-
-def regression_section(outcome: RegressionOutcome) -> Section | None:
-    """The comparison table of the report, with the gate's result for programs not compared."""
-    from evals.results.report import Section
-
-    rows = []
-    for program, comparison in outcome.comparisons.items():
-        for row in comparison.as_rows():
-            if row["verdict"] == "ok" and row["metric"] not in ("accuracy", "macro_f1"):
-                continue
-            power = _fmt(comparison.min_detectable_drop) if row["metric"] == "accuracy" else ""
-            rows.append((program, str(row["metric"]), _fmt(row["champion"]), _fmt(row["candidate"]),
-                         _fmt(row["delta"], signed=True), f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
-                         _fmt(row["p_value"]), str(row["verdict"]), power))
-    missing = {p: g for p, g in outcome.programs.items() if p not in outcome.comparisons and g.status != "skipped"}
-    rows += [(program, "(not compared)", "", "", "", "", "", gate.status, "") for program, gate in missing.items()]
-    if not rows:
-        return None
-    baselines = "; ".join(f"{p}: {b}" for p, b in outcome.baselines.items())
-    reasons = " ".join(f"{p}: {g.reason}." for p, g in missing.items() if g.reason)
-    note = (f"Gate: {outcome.status}. Paired on the same examples. Baselines: {baselines or 'none'}. "
-            "Detectable drop: the smallest true accuracy drop the gate catches with 80% power on these examples "
-            f"(exact McNemar at the observed discordance). {reasons}")
-    return Section("Regression against the champion",
-                   ("program", "metric", "champion", "candidate", "delta", "interval", "p", "verdict",
-                    "detectable drop"), tuple(rows), note.strip())
-
-
-def _fmt(value: Any, signed: bool = False) -> str:
-    if value is None:
-        return ""
-    return f"{float(value):+.3f}" if signed else f"{float(value):.3f}"
-
-
-def gate_markdown(outcome: RegressionOutcome) -> str:
-    """The gate's result per program and its warnings, as Markdown (the GitHub job summary)."""
-    lines = [f"### Regression gate: {outcome.status}", ""]
-    lines += [f"> [!WARNING]\n> {warning}\n" for warning in outcome.warnings]
-    for program, gate in outcome.programs.items():
-        comparison = outcome.comparisons.get(program)
-        power = (f" (n={comparison.n}; minimum detectable accuracy drop {comparison.min_detectable_drop:.3f} "
-                 "at 80% power)" if comparison else "")
-        reason = f": {gate.reason}" if gate.reason else ""
-        lines.append(f"- **{program}**: {gate.status}{power}{reason}")
-    lines += [f"- ⚠️ {line}" for line in outcome.too_weak()]
-    if outcome.status == "unavailable":
-        lines.append(f"- regression.on_unavailable: {outcome.on_unavailable}; the session cannot be promoted")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_markdown(outcome: RegressionOutcome) -> str:
-    """All programs' comparisons as Markdown (the GitHub job summary)."""
-    return "\n\n".join(comparison.to_markdown() for comparison in outcome.comparisons.values())

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from evals.results.bundle import sections
-
-if TYPE_CHECKING:
-    from evals.results.summary import SessionSummary
-    from evals.results.report import Section
-    from evals.harness.session import EvalsSession
+from evals.results.finish import SessionEnd
+from evals.results.report import ReportContext, Section, render_terminal
+from evals.results.sections import sections
+from evals.results.summary import SessionSummary
 
 
-def render_summary(session: EvalsSession, summary: SessionSummary, terminalreporter: Any) -> None:
+def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: Any) -> None:
     """Print the per-program tables, worst diagnoses, checks and where the results are."""
     from rich.console import Console
 
-    from evals.results.report import ReportContext, render_terminal
-
-    html = summary.bundle_dir / "artifacts" / "report.html" if summary.bundle_dir else None
+    html = end.bundle_dir / "artifacts" / "report.html" if end.bundle_dir else None
     context = ReportContext(
-        title="symptom-diagnosis evals", params=summary.params, metrics=summary.metrics, checks=summary.checks,
-        records=summary.records, confusion_pngs={}, mlflow_hint=summary.mlflow_hint,
+        title="symptom-diagnosis evals", params=dict(summary.params), metrics=summary.metrics, checks=summary.checks,
+        records=summary.records, confusion_pngs={}, mlflow_hint=end.mlflow_hint,
         html_path=str(html) if html else None,
     )
     terminalreporter.section("symptom-diagnosis evals")
@@ -34,17 +30,17 @@ def render_summary(session: EvalsSession, summary: SessionSummary, terminalrepor
     console = Console(file=terminalreporter._tw._file, width=max(terminalreporter._tw.fullwidth, 100),
                       force_terminal=terminalreporter._tw.hasmarkup)
     render_terminal(context, console)
-    for section in sections(summary):
+    for section in sections(summary, end.saved_counterexamples):
         _render_section(section, console)
     for reason in summary.incomplete:
         terminalreporter.write_line(f"incomplete: {reason}", yellow=True)
-    for name, version in summary.registered.items():
+    for name, version in end.registered.items():
         terminalreporter.write_line(f"registered {name} version {version} as 'candidate'")
     for line in summary.regression.info if summary.regression is not None else ():
         terminalreporter.write_line(line, cyan=True)
-    for line in summary.promotions:
+    for line in end.promotions:
         terminalreporter.write_line(line, yellow="refused" in line, green="refused" not in line)
-    for note in summary.notes:
+    for note in [*summary.notes, *end.notes]:
         terminalreporter.write_line(f"WARNING: {note}", yellow=True)
     for line in summary.error_lines:
         terminalreporter.write_line(f"ERROR: {line}", red=True, bold=True)

@@ -27,8 +27,7 @@ from typing import Any, Literal
 
 from evals.stats.metrics import INVALID
 from evals.records import ExampleRecord
-from evals.stats.regression import Rule, parse_section
-from evals.config.thresholds import _is_int, _is_number, _Location
+from evals.config.policies import DriftPolicy
 
 BandVerdict = Literal["within band", "below band", "above band", "not enough history"]
 _CAUSES = {
@@ -43,52 +42,6 @@ _WHY = {
     "both": "the LM fingerprint and the program hash changed",
     "data or noise": "neither the LM fingerprint nor the program hash changed",
 }
-
-
-@dataclass(frozen=True)
-class DriftPolicy:
-    """When a nightly run counts as drifted (the ``drift:`` section).
-
-    Attributes:
-        band_k: Half-width of the control band in sample standard deviations.
-        min_history: Nights of history needed before the band gives a verdict (>= 2).
-        max_churn: Largest share of changed predictions tolerated between two nights.
-        alpha: Significance level of the label-shift test.
-        window: How many of the most recent nights the band is computed from.
-    """
-
-    band_k: float = 3.0
-    min_history: int = 3
-    max_churn: float = 0.15
-    alpha: float = 0.01
-    window: int = 10
-
-
-_RULES: dict[str, Rule] = {
-    "band_k": (lambda v: _is_number(v) and 0 < v < math.inf, "a positive number"),
-    "min_history": (lambda v: _is_int(v) and v >= 2, "a whole number >= 2"),
-    "max_churn": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
-    "alpha": (lambda v: _is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
-    "window": (lambda v: _is_int(v) and v >= 2, "a whole number >= 2"),
-}
-
-
-def parse_drift_policy(raw: Mapping[str, object] | None, source: str) -> DriftPolicy:
-    """Validate the ``drift:`` section (``Thresholds.drift``) of ``source``.
-
-    Raises:
-        ConfigError: An unknown key, a value out of range, or a ``window`` shorter than
-            ``min_history`` (the band could never give a verdict), naming the file, key
-            path, value found and what is allowed; None or ``{}`` gives the defaults.
-    """
-    policy = DriftPolicy(**parse_section(raw, source, "drift", _RULES, DriftPolicy()))
-    if policy.window < policy.min_history:
-        where = _Location(source, "drift").child("window")
-        raise where.error(
-            f"expected a whole number >= min_history ({policy.min_history}), "
-            f"found {policy.window}"
-        )
-    return policy
 
 
 def control_band(

@@ -31,7 +31,7 @@ promotion refuse such a comparison.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -41,60 +41,12 @@ from numpy.typing import NDArray
 
 from evals.labels import DIAGNOSES, slug, unknown_label_message
 from evals.records import ExampleRecord
-from evals.config.thresholds import _found, _is_int, _is_number, _Location
+from evals.config.policies import MismatchMode, RegressionPolicy
 
-MismatchMode = Literal["refuse", "intersect"]
-UnavailableMode = Literal["fail", "warn"]
 Verdict = Literal["regression", "improvement", "ok", "report only"]
-MISMATCH_MODES: tuple[str, ...] = ("refuse", "intersect")
-UNAVAILABLE_MODES: tuple[str, ...] = ("fail", "warn")
-MIN_BOOTSTRAP_SAMPLES = 100
 _K = len(DIAGNOSES)  # label index _K stands for an invalid answer
 _LABEL_INDEX = {diagnosis: i for i, diagnosis in enumerate(DIAGNOSES)}
 _Array = NDArray[Any]
-Rule = tuple[Callable[[Any], bool], str]
-"""A config value's test and the words for what it allows."""
-
-
-@dataclass(frozen=True)
-class RegressionPolicy:
-    """How a candidate is judged against the champion (the ``regression:`` section).
-
-    Attributes:
-        alpha: Significance level; intervals are ``1 - alpha`` two-sided.
-        max_drop: Largest accuracy or macro-F1 drop tolerated (0-1 scale).
-        max_diagnosis_drop: Largest per-diagnosis recall drop tolerated.
-        min_diagnosis_support: Diagnoses with fewer examples are reported, never flagged.
-        bootstrap_samples: Resamples of the paired bootstrap.
-        seed: Seed of the bootstrap, so that a comparison is reproducible.
-        on_mismatch: ``"refuse"`` when the example ids differ, or ``"intersect"``.
-        on_unavailable: What a champion lookup that failed does to the session: ``"fail"``
-            it or ``"warn"``; None picks ``"fail"`` under CI or ``--evals-promote``
-            (:meth:`unavailable_mode`).
-        max_detectable_drop: When set, promotion refuses a comparison whose minimum
-            detectable accuracy drop (80% power) is larger.
-    """
-
-    alpha: float = 0.05
-    max_drop: float = 0.02
-    max_diagnosis_drop: float = 0.20
-    min_diagnosis_support: int = 5
-    bootstrap_samples: int = 2000
-    seed: int = 0
-    on_mismatch: MismatchMode = "refuse"
-    on_unavailable: UnavailableMode | None = None
-    max_detectable_drop: float | None = None
-
-    @property
-    def confidence(self) -> str:
-        """The interval level as people write it, e.g. ``"95%"``."""
-        return f"{(1 - self.alpha) * 100:g}%"
-
-    def unavailable_mode(self, trigger: str, promote: bool) -> UnavailableMode:
-        """``on_unavailable``, or its default: ``"fail"`` when the trigger is ci or promoting, else ``"warn"``."""
-        if self.on_unavailable is not None:
-            return self.on_unavailable
-        return "fail" if trigger == "ci" or promote else "warn"
 
 
 class ComparisonRefused(Exception):
@@ -217,69 +169,6 @@ class Comparison:
     def to_markdown(self) -> str:
         """A GitHub job summary: verdict lines, the session table, per-diagnosis details."""
         return _markdown(self)
-
-
-_FRACTION: Rule = (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1")
-_RULES: dict[str, Rule] = {
-    "alpha": (lambda v: _is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
-    "max_drop": _FRACTION,
-    "max_diagnosis_drop": _FRACTION,
-    "min_diagnosis_support": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "bootstrap_samples": (lambda v: _is_int(v) and v >= MIN_BOOTSTRAP_SAMPLES,
-                          f"a whole number >= {MIN_BOOTSTRAP_SAMPLES}"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "on_mismatch": (lambda v: v in MISMATCH_MODES, " or ".join(map(repr, MISMATCH_MODES))),
-    "on_unavailable": (lambda v: v in UNAVAILABLE_MODES, " or ".join(map(repr, UNAVAILABLE_MODES))),
-    "max_detectable_drop": (lambda v: _is_number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
-}
-
-
-def parse_regression_policy(raw: Mapping[str, object] | None, source: str) -> RegressionPolicy:
-    """Validate the ``regression:`` section (``Thresholds.regression``) of ``source``.
-
-    Raises:
-        ConfigError: An unknown key or a value out of range, naming the file, key path,
-            value found and what is allowed; None or ``{}`` gives the defaults.
-    """
-    policy = RegressionPolicy(**parse_section(raw, source, "regression", _RULES, RegressionPolicy()))
-    limit = policy.max_detectable_drop
-    if limit is not None and limit <= policy.max_drop:
-        # A true drop of max_drop is flagged at most half the time: every comparison would be too weak.
-        raise _Location(source, "regression").child("max_detectable_drop").error(
-            f"expected a number above max_drop ({policy.max_drop:g}) and at most 1, found {_found(limit)}")
-    return policy
-
-
-def parse_section(
-    raw: object, source: str, name: str, rules: Mapping[str, Rule], defaults: object
-) -> dict[str, Any]:
-    """Validate a flat config section against ``rules`` (shared with :mod:`evals.stats.drift`).
-
-    Returns:
-        The keys set in ``raw``, each converted to the type of its attribute on
-        ``defaults`` (``max_drop: 0`` becomes ``0.0``).
-
-    Raises:
-        ConfigError: e.g. ``thresholds.yaml: regression.alpha: expected a number strictly
-            between 0 and 1, found 1.5``; also for a non-mapping or an unknown key.
-    """
-    where = _Location(source, name)
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise where.error(f"expected a mapping with keys {', '.join(rules)}, found {_found(raw)}")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in rules:
-            raise where.child(key).error(f"unknown key {key!r}; allowed: {', '.join(rules)}")
-        accepts, allowed = rules[key]
-        if not accepts(value):
-            raise where.child(key).error(f"expected {allowed}, found {_found(value)}")
-        default = getattr(defaults, key)
-        # Optional keys (default None) keep their value; numbers become floats.
-        values[key] = type(default)(value) if default is not None else (
-            float(value) if _is_number(value) else value)
-    return values
 
 
 def pair_records(

@@ -1,4 +1,4 @@
-"""Champions in the MLflow model registry: look up, promote (audited) and roll back.
+"""Reads of what earlier sessions left: champions, explicit baseline runs and drift history.
 
 The champion of a program is the registered model version with alias ``champion``.
 Its version was registered from a program's nested run, which holds the per-example
@@ -8,19 +8,20 @@ predictions a new session is compared with.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from evals.store.registry import CHAMPION, registered_name
 from evals.records import ExampleRecord
-
-PREDICTIONS_ARTIFACT = "predictions.csv"
-REGRESSION_TAG = "evals.regression"
-"""Session tag: the regression gate's result, pass, fail, unavailable or none (nothing compared)."""
-REGRESSION_REASON_TAG = "evals.regression.reason"
-TOO_WEAK_TAG = "evals.regression.too_weak"
-"""Session tag, set when a comparison could not see the drop ``max_detectable_drop`` requires."""
+from evals.store.client import mlflow_client
+from evals.store.registry import registered_name
+from evals.store.schema import (
+    CHAMPION,
+    FINGERPRINT_PARAM,
+    PREDICTIONS_ARTIFACT,
+    PROGRAM_TAG,
+    SAMPLE_PARAM,
+    SOURCE_HASH_PARAM,
+)
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,6 @@ class Champion:
     records: tuple[ExampleRecord, ...]
 
 
-def client_for(tracking_uri: str) -> Any:
-    from evals.store.client import mlflow_client
-
-    return mlflow_client(tracking_uri)
-
-
 def find_champion(tracking_uri: str, program: str) -> Champion | None:
     """The current champion of ``program`` with its recorded predictions, or None when it has none.
 
@@ -47,7 +42,7 @@ def find_champion(tracking_uri: str, program: str) -> Champion | None:
             missing model or alias (server down, HTTP 5xx, a broken database): "no champion"
             must not hide an outage, or a regressed session would pass.
     """
-    client = client_for(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         version = client.get_model_version_by_alias(registered_name(program), CHAMPION)
     except Exception as exc:
@@ -71,12 +66,12 @@ def is_missing(exc: BaseException) -> bool:
 
 def baseline_from_run(tracking_uri: str, run_id: str, program: str) -> Champion | None:
     """An explicit baseline: a session's parent run id (its nested run for ``program``) or a program run id."""
-    client = client_for(tracking_uri)
+    client = mlflow_client(tracking_uri)
     run = client.get_run(run_id)
-    if run.data.tags.get("evals.program") != program:
+    if run.data.tags.get(PROGRAM_TAG) != program:
         children = client.search_runs(
             [run.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{run_id}' and tags.`evals.program` = '{program}'",
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}' and tags.`{PROGRAM_TAG}` = '{program}'",
         )
         if not children:
             return None
@@ -101,86 +96,33 @@ def run_records(client: Any, run_id: str, program: str) -> list[ExampleRecord]:
     ]
 
 
-def promotion_blockers(session_tags: dict[str, str], params: dict[str, str], required: dict[str, str]) -> list[str]:
-    """Why a session may not be promoted (empty when it may)."""
-    blockers = []
-    if session_tags.get("evals.complete") != "true":
-        blockers.append("the session is incomplete (a worker crashed, it was interrupted or diagnoses were skipped)")
-    if session_tags.get("evals.verdict") != "pass":
-        blockers.append("a gate failed (thresholds or regression against the champion)")
-    if session_tags.get(REGRESSION_TAG) == "unavailable":
-        reason = session_tags.get(REGRESSION_REASON_TAG, "")
-        blockers.append("the regression gate could not run" + (f" ({reason})" if reason else ""))
-    if session_tags.get(TOO_WEAK_TAG):
-        blockers.append(session_tags[TOO_WEAK_TAG])
-    for key, expected in required.items():
-        found = params.get(key)
-        if found != expected:
-            blockers.append(f"{key} is {found!r}, thresholds.yaml requires {expected!r}")
-    return blockers
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One earlier session of a program on the same examples (drift mode)."""
+
+    accuracy: float
+    lm_fingerprint: str | None
+    program_hash: str | None
+    records: tuple[ExampleRecord, ...] = ()
 
 
-def promote_session(tracking_uri: str, session_run_id: str, required: dict[str, str], git_commit: str = ""
-                    ) -> list[str]:
-    """Move ``champion`` to every candidate version registered from this session; return what happened."""
-    client = client_for(tracking_uri)
-    parent = client.get_run(session_run_id)
-    blockers = promotion_blockers(parent.data.tags, parent.data.params, required)
-    if blockers:
-        return [f"promotion refused for session {session_run_id}: {reason}" for reason in blockers]
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{session_run_id}'")
-    lines = []
-    for child in children:
-        program = child.data.tags.get("evals.program") or child.info.run_name
-        version = _version_of_run(client, registered_name(program), child.info.run_id)
-        if version is None:
-            lines.append(f"{program}: no registered version from this session; not promoted")
-            continue
-        lines.append(_move_champion(client, program, version, session_run_id, git_commit, action="promoted"))
-    return lines
-
-
-def rollback(tracking_uri: str, program: str, git_commit: str = "") -> str:
-    """Restore the champion that the current one replaced."""
-    from mlflow.exceptions import MlflowException
-
-    client = client_for(tracking_uri)
-    name = registered_name(program)
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return f"{program}: no champion to roll back"
-    previous = current.tags.get("evals.previous_champion", "")
-    if not previous:
-        return f"{program}: champion version {current.version} has no previous champion to restore"
-    return _move_champion(client, program, previous, current.tags.get("evals.session_run", ""), git_commit,
-                          action="rolled back")
-
-
-def _version_of_run(client: Any, name: str, run_id: str) -> str | None:
-    for version in client.search_model_versions(f"name = '{name}'"):
-        if version.run_id == run_id:
-            return str(version.version)
-    return None
-
-
-def _move_champion(client: Any, program: str, version: str, session_run_id: str, git_commit: str, action: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    name = registered_name(program)
-    try:
-        previous = str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        previous = ""
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    client.set_registered_model_alias(name, CHAMPION, version)
-    audit = {"evals.previous_champion": previous, "evals.promoted_at": when, "evals.git_commit": git_commit,
-             "evals.session_run": session_run_id, "evals.action": action}
-    for key, value in audit.items():
-        if key != "evals.previous_champion" or action == "promoted":
-            client.set_model_version_tag(name, version, key, value)
-    if session_run_id:
-        client.set_tag(session_run_id, f"evals.{action.replace(' ', '_')}.{program.replace('+', '.')}",
-                       f"{previous or 'none'} -> {version} at {when}")
-    return f"{program}: {action} {name} version {previous or 'none'} -> {version}"
-
+def drift_history(tracking_uri: str, experiment: str, program: str, sample_fp: str, window: int) -> list[HistoryEntry]:
+    """The most recent runs of ``program`` on the same examples, newest first; the newest with its predictions."""
+    client = mlflow_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{PROGRAM_TAG}` = '{program}' and params.`{SAMPLE_PARAM}` = '{sample_fp}'",
+        order_by=["attributes.start_time DESC"], max_results=window,
+    )
+    return [
+        HistoryEntry(
+            accuracy=float(run.data.metrics.get("accuracy", 0.0)),
+            lm_fingerprint=run.data.params.get(FINGERPRINT_PARAM),
+            program_hash=run.data.params.get(SOURCE_HASH_PARAM),
+            records=tuple(run_records(client, run.info.run_id, program)) if index == 0 else (),
+        )
+        for index, run in enumerate(runs)
+    ]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evals.errors import ConfigError
-from evals.store.upload import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, display_uri, mlflow_errors
+from evals.store.client import display_uri, mlflow_errors
+from evals.store.schema import PARENT_TAG, PROGRAM_TAG, SESSION_TAG
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -1,9 +1,9 @@
 """What leaves a session: cleaned data for the bundle, and the one way a bundle reaches MLflow.
 
-* :func:`publishable` removes secrets (:mod:`evals.secrets`) and personal data
-  (:mod:`evals.redact`) from the session's records and params *before* the bundle is written,
-  so every artifact format (parquet, CSV, JSON, Markdown, HTML), the local report and the
-  spool get the same treatment; :func:`scrubber` is the text function the writers apply.
+* :func:`scrubber` and :func:`clean_records` remove secrets (:mod:`evals.secrets`) and personal
+  data (:mod:`evals.redact`) from texts and records *before* the bundle is written
+  (:func:`evals.results.finish.publishable`), so every artifact format (parquet, CSV, JSON,
+  Markdown, HTML), the local report and the spool get the same treatment.
 * :func:`publish_bundle` uploads a bundle and registers its compiled programs as ``candidate``
   model versions. The live end of a session and ``python -m evals sync`` both call it, so a
   spooled session ends up exactly like a live one; both steps are idempotent, so a re-sync
@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from evals import secrets
 from evals.records import ExampleRecord
+from evals.store.client import mlflow_errors
+from evals.store.registry import register_candidates
+from evals.store.upload import upload_bundle
 
 if TYPE_CHECKING:
-    from evals.results.summary import SessionSummary
     from evals.redact import Redactor
 
 
@@ -57,20 +59,6 @@ def clean_records(records: Iterable[ExampleRecord], clean: Callable[[str], str])
     ]
 
 
-def publishable(summary: SessionSummary, redactor: Redactor | None) -> SessionSummary:
-    """A copy of a session summary fit to be written anywhere: records and params cleaned.
-
-    Params lose secrets here (URL credentials masked in place, secret values as a whole); the
-    redactor is applied to them at upload, as before.
-    """
-    return dataclasses.replace(
-        summary,
-        records=clean_records(summary.records, scrubber(redactor)),
-        params=secrets.scrub(summary.params),
-        program_params={name: secrets.scrub(values) for name, values in summary.program_params.items()},
-    )
-
-
 def clean_json(value: Any, clean: Callable[[str], str]) -> Any:
     """Return a JSON-like value with ``clean`` applied to every string in it (keys kept)."""
     if isinstance(value, str):
@@ -90,9 +78,6 @@ def publish_bundle(bundle: Path, tracking_uri: str, redactor: Redactor | None = 
         TrackingUnavailable: Talking to MLflow failed; one readable line. Whatever was done
             before the failure is found again, not repeated, by the next call.
     """
-    from evals.store.registry import register_candidates
-    from evals.store.upload import mlflow_errors, upload_bundle
-
     run_id = upload_bundle(bundle, tracking_uri, redactor=redactor)
     with mlflow_errors(tracking_uri):
         registered = register_candidates(tracking_uri, run_id)

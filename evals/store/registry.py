@@ -1,4 +1,6 @@
-"""Compiled programs in the MLflow model registry: one registered model per (program, optimizer).
+"""Compiled programs in the MLflow model registry: register candidates, promote (audited), roll back.
+
+One registered model per (program, optimizer).
 
 Each session that evaluated a compiled program registers its ``compiled_program.json``
 (the dspy JSON state, logged on the program's nested run) as a new model version and
@@ -7,11 +9,22 @@ points the alias ``candidate`` at it. Promotion later moves ``champion``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-COMPILED_ARTIFACT = "compiled_program.json"
-CANDIDATE = "candidate"
-CHAMPION = "champion"
+from evals.store.client import mlflow_client
+from evals.store.schema import (
+    CANDIDATE,
+    CHAMPION,
+    COMPLETE_TAG,
+    COMPILED_ARTIFACT,
+    PARENT_TAG,
+    PROGRAM_TAG,
+    REGRESSION_REASON_TAG,
+    REGRESSION_TAG,
+    TOO_WEAK_TAG,
+    VERDICT_TAG,
+)
 
 
 def registered_name(program: str) -> str:
@@ -25,8 +38,6 @@ def register_candidates(tracking_uri: str, parent_run_id: str) -> dict[str, str]
     Returns:
         Registered model name -> version that now carries the ``candidate`` alias.
     """
-    from evals.store.client import mlflow_client
-
     client = mlflow_client(tracking_uri)
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
@@ -34,7 +45,7 @@ def register_candidates(tracking_uri: str, parent_run_id: str) -> dict[str, str]
     )
     registered = {}
     for child in children:
-        program = child.data.tags.get("evals.program") or child.info.run_name
+        program = child.data.tags.get(PROGRAM_TAG) or child.info.run_name
         if not _has_compiled_artifact(client, child.info.run_id):
             continue
         name = registered_name(program)
@@ -61,6 +72,91 @@ def _version_for_run(client: Any, name: str, run: Any) -> str:
             return str(version.version)
     source = f"{run.info.artifact_uri.rstrip('/')}/{COMPILED_ARTIFACT}"
     tags = {"evals.compile_key": run.data.params.get("compile.key", ""),
-            "evals.session_run": run.data.tags.get("mlflow.parentRunId", "")}
+            "evals.session_run": run.data.tags.get(PARENT_TAG, "")}
     created = client.create_model_version(name, source, run_id=run.info.run_id, tags=tags)
     return str(created.version)
+
+
+def promotion_blockers(session_tags: dict[str, str], params: dict[str, str], required: dict[str, str]) -> list[str]:
+    """Why a session may not be promoted (empty when it may)."""
+    blockers = []
+    if session_tags.get(COMPLETE_TAG) != "true":
+        blockers.append("the session is incomplete (a worker crashed, it was interrupted or diagnoses were skipped)")
+    if session_tags.get(VERDICT_TAG) != "pass":
+        blockers.append("a gate failed (thresholds or regression against the champion)")
+    if session_tags.get(REGRESSION_TAG) == "unavailable":
+        reason = session_tags.get(REGRESSION_REASON_TAG, "")
+        blockers.append("the regression gate could not run" + (f" ({reason})" if reason else ""))
+    if session_tags.get(TOO_WEAK_TAG):
+        blockers.append(session_tags[TOO_WEAK_TAG])
+    for key, expected in required.items():
+        found = params.get(key)
+        if found != expected:
+            blockers.append(f"{key} is {found!r}, thresholds.yaml requires {expected!r}")
+    return blockers
+
+
+def promote_session(tracking_uri: str, session_run_id: str, required: dict[str, str], git_commit: str = ""
+                    ) -> list[str]:
+    """Move ``champion`` to every candidate version registered from this session; return what happened."""
+    client = mlflow_client(tracking_uri)
+    parent = client.get_run(session_run_id)
+    blockers = promotion_blockers(parent.data.tags, parent.data.params, required)
+    if blockers:
+        return [f"promotion refused for session {session_run_id}: {reason}" for reason in blockers]
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{session_run_id}'")
+    lines = []
+    for child in children:
+        program = child.data.tags.get(PROGRAM_TAG) or child.info.run_name
+        version = _version_of_run(client, registered_name(program), child.info.run_id)
+        if version is None:
+            lines.append(f"{program}: no registered version from this session; not promoted")
+            continue
+        lines.append(_move_champion(client, program, version, session_run_id, git_commit, action="promoted"))
+    return lines
+
+
+def rollback(tracking_uri: str, program: str, git_commit: str = "") -> str:
+    """Restore the champion that the current one replaced."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(tracking_uri)
+    name = registered_name(program)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return f"{program}: no champion to roll back"
+    previous = current.tags.get("evals.previous_champion", "")
+    if not previous:
+        return f"{program}: champion version {current.version} has no previous champion to restore"
+    return _move_champion(client, program, previous, current.tags.get("evals.session_run", ""), git_commit,
+                          action="rolled back")
+
+
+def _version_of_run(client: Any, name: str, run_id: str) -> str | None:
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.run_id == run_id:
+            return str(version.version)
+    return None
+
+
+def _move_champion(client: Any, program: str, version: str, session_run_id: str, git_commit: str, action: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(program)
+    try:
+        previous = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        previous = ""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client.set_registered_model_alias(name, CHAMPION, version)
+    audit = {"evals.previous_champion": previous, "evals.promoted_at": when, "evals.git_commit": git_commit,
+             "evals.session_run": session_run_id, "evals.action": action}
+    for key, value in audit.items():
+        if key != "evals.previous_champion" or action == "promoted":
+            client.set_model_version_tag(name, version, key, value)
+    if session_run_id:
+        client.set_tag(session_run_id, f"evals.{action.replace(' ', '_')}.{program.replace('+', '.')}",
+                       f"{previous or 'none'} -> {version} at {when}")
+    return f"{program}: {action} {name} version {previous or 'none'} -> {version}"
+

@@ -35,7 +35,8 @@ from evals import secrets
 from evals.errors import ConfigError
 from evals.store.publish import publish_bundle
 from evals.redact import Redactor
-from evals.store.upload import Bundle, TrackingUnavailable, display_uri
+from evals.store.client import TrackingUnavailable, display_uri
+from evals.store.schema import Bundle
 
 SYNCED = "synced"
 SPOOL_FILE = "spool.json"

@@ -14,20 +14,15 @@ interrupted upload is deleted and uploaded afresh. Everything goes through ``log
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, TypeVar
 
 from evals import secrets
-from evals.errors import ConfigError
+from evals.store.client import display_uri, mlflow_errors
+from evals.store.schema import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, TERMINAL_STATUSES, Bundle, RunData
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -35,11 +30,6 @@ if TYPE_CHECKING:
 
     from evals.redact import Redactor
 
-SESSION_TAG = "evals.session_id"
-PROGRAM_TAG = "evals.program"
-PARENT_TAG = "mlflow.parentRunId"
-BUNDLE_FORMAT = 1
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 TEXT_SUFFIXES = frozenset(
     {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".html", ".yaml", ".yml", ".log"}
 )
@@ -47,120 +37,16 @@ TEXT_SUFFIXES = frozenset(
 PROSE_SUFFIXES = frozenset(".txt .md .html .log .jsonl".split())
 """Free-text artifacts, which also pass through the redactor (tables are redacted when written)."""
 
-FAST_FAIL_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-}
-"""Set around calls to http(s) servers unless the user set them: a dead server fails in seconds."""
-
 P = TypeVar("P")
 T = TypeVar("T")
 M = TypeVar("M")
 
-_SESSION_ID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
 # MLflow's limits (mlflow.utils.validation), copied so that importing this module stays cheap.
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
-_CONNECTION_REASONS = (
-    (("connection refused",), "connection refused"),
-    (("timed out", "timeout"), "timed out"),
-    (("name or service not known", "nodename nor servname", "failed to resolve"), "unknown host"),
-    (("connection reset", "aborted", "remote end closed", "broken pipe"), "connection dropped"),
-    (("connection broken", "incompleteread", "protocolerror"), "connection dropped"),
-    (("too many 5",), "the server keeps answering HTTP 5xx"),
-    (("max retries exceeded",), "no answer"),
-    (("unable to open database file",), "cannot open the database file"),
-)
-
-
-class TrackingUnavailable(Exception):
-    """MLflow could not be reached or refused the upload; the message is one readable line.
-
-    Attributes:
-        uri: The tracking URI, without credentials.
-        reason: The short reason, e.g. ``"connection refused"``.
-        unreachable: True when the server could not be talked to at all (connection level),
-            False when it answered with an error.
-    """
-
-    def __init__(self, uri: str, reason: str, unreachable: bool = True) -> None:
-        self.uri = uri
-        self.reason = reason
-        self.unreachable = unreachable
-        word = "unreachable" if unreachable else "failed"
-        super().__init__(f"MLflow at {uri} {word}: {reason}")
-
-
-@dataclass(frozen=True)
-class RunData:
-    """Params, tags and metrics of one run (the session's parent run or a program's)."""
-
-    params: dict[str, str]
-    tags: dict[str, str]
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """A parsed, validated session bundle (see the module docstring for the layout)."""
-
-    path: Path
-    session_id: str
-    experiment: str
-    run_name: str
-    started_at: float
-    finished_at: float
-    status: str
-    session: RunData
-    programs: dict[str, RunData]
-
-    @classmethod
-    def load(cls, path: Path) -> Bundle:
-        """Read and validate ``<path>/session.json``.
-
-        Raises:
-            ConfigError: The file is missing, not JSON, or breaks the bundle contract.
-        """
-        where = path / "session.json"
-        try:
-            data = json.loads(where.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"session bundle {where}: cannot read: {exc}") from None
-        try:
-            return cls._from_json(path, data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"session bundle {where}: {exc}") from None
-
-    @classmethod
-    def _from_json(cls, path: Path, data: Any) -> Bundle:
-        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"expected an object with 'format': {BUNDLE_FORMAT}")
-        session_id, status = str(data["session_id"]), str(data["status"])
-        if not _SESSION_ID.fullmatch(session_id):
-            raise ValueError(f"session_id {session_id!r} is not a uuid hex string")
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL_STATUSES)}")
-        programs = {str(name): _run_data(entry) for name, entry in data["programs"].items()}
-        extra = {p.name for p in (path / "programs").glob("*") if p.is_dir()} - set(programs)
-        if extra:
-            raise ValueError(f"programs/{sorted(extra)[0]}/ has no entry in 'programs'")
-        return cls(
-            path=path,
-            session_id=session_id,
-            experiment=str(data["experiment"]),
-            run_name=str(data["run_name"]),
-            started_at=float(data["started_at"]),
-            finished_at=float(data["finished_at"]),
-            status=status,
-            session=_run_data(data),
-            programs=programs,
-        )
-
-
 def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None = None) -> str:
     """Log a session bundle to MLflow exactly once and return the parent run id.
 
@@ -196,73 +82,6 @@ def run_url_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui --backend-store-uri {tracking_uri}  (run {run_id})"
-
-
-def display_uri(tracking_uri: str) -> str:
-    """Return the tracking URI without any ``user:password@`` part."""
-    try:
-        parts = urlsplit(tracking_uri)
-    except ValueError:  # not a parseable URL: mask whatever looks like credentials
-        return secrets.mask_url_credentials(tracking_uri)
-    if "@" not in parts.netloc:
-        return tracking_uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-@contextmanager
-def mlflow_errors(tracking_uri: str) -> Iterator[None]:
-    """Make MLflow calls inside fail fast and as :class:`TrackingUnavailable`.
-
-    For http(s) URIs short timeouts and at most one retry are set in the environment (only
-    where the user has not set them) and restored afterwards; MLflow's "View run at" lines
-    are suppressed.
-    """
-    overrides = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-    if tracking_uri.startswith(("http://", "https://")):
-        overrides.update(FAST_FAIL_ENV)
-    saved = {name: os.environ.get(name) for name in overrides}
-    for name, value in overrides.items():
-        os.environ.setdefault(name, value)
-    try:
-        yield
-    except (ConfigError, TrackingUnavailable):
-        raise
-    except Exception as exc:  # any failure below MLflow means "tracking unavailable"
-        raise unavailable(tracking_uri, exc) from exc
-    finally:
-        for name, before in saved.items():
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
-
-
-def unavailable(tracking_uri: str, exc: BaseException) -> TrackingUnavailable:
-    """Turn any exception raised while talking to MLflow into one readable line."""
-    chain = _causes(exc)
-    lowered = " ".join(str(link) for link in chain).lower()
-    for needles, reason in _CONNECTION_REASONS:
-        if any(needle in lowered for needle in needles):
-            return TrackingUnavailable(display_uri(tracking_uri), reason)
-    lost = [link for link in chain if isinstance(link, (ConnectionError, TimeoutError))]
-    if lost:
-        return TrackingUnavailable(display_uri(tracking_uri), type(lost[0]).__name__)
-    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    code = getattr(exc, "error_code", None)
-    prefix = f"{code}: " if isinstance(code, str) else f"{type(exc).__name__}: "
-    reason = secrets.scrub_text(prefix + first_line)[:200]
-    return TrackingUnavailable(display_uri(tracking_uri), reason, unreachable=False)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """Return ``exc`` and what caused it (MLflow re-raises without ``from``: follow the context)."""
-    chain = [exc]
-    while len(chain) < 8:
-        cause = chain[-1].__cause__ or chain[-1].__context__
-        if cause is None or cause in chain:
-            break
-        chain.append(cause)
-    return chain
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -394,20 +213,3 @@ def _artifact_location(tracking_uri: str) -> str | None:
 
 def _millis(epoch_seconds: float) -> int:
     return round(epoch_seconds * 1000)
-
-
-def _run_data(entry: Any) -> RunData:
-    """Parse the params, tags and metrics of the session or of one program entry."""
-    if not isinstance(entry, dict):
-        raise TypeError(f"expected an object, got {type(entry).__name__}")
-    params, tags, metrics = (entry.get(key, {}) for key in ("params", "tags", "metrics"))
-    if not all(isinstance(values, dict) for values in (params, tags, metrics)):
-        raise TypeError("'params', 'tags' and 'metrics' must be objects")
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"metric {key!r}: expected a number, got {value!r}")
-    return RunData(
-        params={str(k): str(v) for k, v in params.items()},
-        tags={str(k): str(v) for k, v in tags.items()},
-        metrics={str(k): float(v) for k, v in metrics.items()},
-    )

@@ -1,0 +1,198 @@
+"""The controller: gathers the workers' results, and ends the session once.
+
+It runs on the controller process only (the only process without xdist). While the tests run
+it collects the records from the test reports (``item.user_properties``, which xdist
+serialises) and the workers' compile events (``workeroutput``). After the loop it builds a
+frozen :class:`~evals.context.SessionContext`, reads the store once
+(:func:`~evals.store.view.read_store`), summarises and gates
+(:func:`~evals.results.summary.summarize`), and fails the session like pytest-cov does; at
+session finish :func:`~evals.results.finish.finish` writes, logs or spools, in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evals.config.policies import Policies, parse_policies
+from evals.config.thresholds import parse_thresholds
+from evals.context import SessionContext
+from evals.errors import ConfigError
+from evals.harness.params import program_params, program_state, session_params
+from evals.harness.resources import Harness
+from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
+from evals.results.finish import SessionEnd, finish
+from evals.results.summary import SessionSummary, summarize
+from evals.signals import SigtermTrap
+from evals.store.view import read_store
+
+
+@dataclass
+class Gathered:
+    """What the controller gathers while the tests run."""
+
+    records: list[ExampleRecord] = field(default_factory=list)
+    stability: list[dict[str, Any]] = field(default_factory=list)
+    crashed_workers: list[str] = field(default_factory=list)
+    worker_outputs: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class Controller:
+    """The controller's hooks: xdist plumbing, report gathering, and the end of the session."""
+
+    def __init__(self, config: pytest.Config, harness: Harness) -> None:
+        self.config = config
+        self.harness = harness
+        self.gathered = Gathered()
+        self.context: SessionContext | None = None
+        self.summary: SessionSummary | None = None
+        self.end: SessionEnd | None = None
+        self.sigterm: SigtermTrap | None = None
+        self.server: Any = None
+
+    # ----- xdist plumbing -----
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["evals_session_id"] = self.harness.session_id
+        node.workerinput["evals_lm_server"] = self.harness.lm_server
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", {}) or {}
+        if "evals" in output:
+            self.gathered.worker_outputs.append(output["evals"])
+        if error:
+            self.gathered.crashed_workers.append(str(getattr(node, "gateway", node).id))
+
+    # ----- the session -----
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        from evals.signals import trap_sigterm
+
+        # A CI runner cancels with SIGTERM: stop like Ctrl-C, so what was gathered is spooled.
+        self.sigterm = trap_sigterm()
+        if self.harness.settings["lm-server"]:
+            self.start_lm_server()
+        # Fail fast, before any worker starts or any LM call: bad program names, a bad thresholds.yaml.
+        settings = self.harness.settings
+        if settings["programs"] or settings.path("optimizers").exists():
+            self.harness.program_names()
+        if settings.path("thresholds").exists() or self.config.getoption("evals_thresholds"):
+            self.harness.policies  # noqa: B018 - parsed (and validated) now
+
+    def start_lm_server(self) -> None:
+        """Start the shared model server before any worker (``--evals-lm-server``)."""
+        from evals.lm.mlx import resolve_target
+        from evals.lm.server import start_mlx_server
+        from evals.lm.spec import parse_lm_spec
+
+        settings = self.harness.settings
+        spec = parse_lm_spec(settings["lm"])
+        if spec.backend != "mlx":
+            raise ConfigError(f"--evals-lm-server starts an mlx_lm server: use an mlx: LM spec, not {spec.spec!r}")
+        model, _ = resolve_target(spec.model, cache_dir=settings.path("cache-dir"))
+        self.server = start_mlx_server(Path(model), settings.path("cache-dir") / "logs")
+        self.harness.lm_server = {"spec": self.server.spec(), "api_base": self.server.api_base}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for key, value in report.user_properties:
+            if key == STABILITY_PROPERTY:
+                self.gathered.stability.extend(value)
+        batches = [value for key, value in report.user_properties if key == RECORDS_PROPERTY]
+        self.gathered.records.extend(ExampleRecord.from_dict(item) for batch in batches for item in batch)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Iterator[None]:
+        try:
+            result = yield
+        except KeyboardInterrupt:
+            self.gathered.interrupted = True
+            raise
+        finally:
+            if self.sigterm is not None:
+                self.sigterm.disarm()  # the results are complete: a late SIGTERM must not cut the writing
+        if self.gathered.records or self.gathered.stability:
+            self.summarize()
+            # Like pytest-cov: fail the session here, print the red lines in the terminal summary.
+            session.testsfailed += len(self.summary.error_lines) if self.summary else 0
+        return result
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not (self.gathered.records or self.gathered.stability):
+            return
+        if self.summary is None:  # interrupted before the loop ended: keep what was gathered
+            self.gathered.interrupted = True
+            self.summarize()
+        assert self.context is not None and self.summary is not None
+        self.end = finish(self.context, self.summary)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.sigterm is not None:
+            self.sigterm.release()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.summary is None:
+            return
+        from evals.results.terminal import render_summary
+
+        render_summary(self.summary, self.end or SessionEnd(), terminalreporter)
+
+    # ----- the seam: plain data from here on -----
+
+    def summarize(self) -> None:
+        """Build the session context, read the store once, and gate."""
+        self.context = self.build_context()
+        self.summary = summarize(self.context, read_store(self.context))
+
+    def build_context(self) -> SessionContext:
+        """Freeze what was gathered and what this process loaded into a :class:`SessionContext`."""
+        harness, gathered = self.harness, self.gathered
+        records = tuple(sorted(gathered.records, key=lambda r: (r.program, r.example_id)))
+        policies, problem = self.policies_or_defaults()
+        events = self.compile_events()
+        params = session_params(harness, policies.thresholds.sha256, len(gathered.worker_outputs) or 1)
+        per_program = program_params(harness, records, params, events)
+        return SessionContext(
+            session_id=harness.session_id,
+            started_at=harness.started_at,
+            settings=harness.settings,
+            policies=policies,
+            policies_problem=problem,
+            records=records,
+            stability=tuple(gathered.stability),
+            compile_events=tuple(events),
+            crashed_workers=tuple(gathered.crashed_workers),
+            interrupted=gathered.interrupted,
+            manifest=harness.loaded_dataset.manifest(),
+            params=params,
+            program_params=per_program,
+            program_states={name: program_state(harness, name, p) for name, p in per_program.items()},
+            redact_patterns=tuple(self.config.getini("evals_redact_patterns")),
+        )
+
+    def policies_or_defaults(self) -> tuple[Policies, str | None]:
+        """The session's policies; when thresholds.yaml cannot be read, all-default limits and the reason."""
+        try:
+            return self.harness.policies, None
+        except ConfigError as exc:
+            defaults = parse_thresholds({"version": 1}, "<defaults>", self.harness.known_program_names())
+            return parse_policies(defaults), str(exc)
+
+    def compile_events(self) -> list[Mapping[str, Any]]:
+        """Compile events of this process and of every xdist worker."""
+        events: list[Mapping[str, Any]] = [event.to_dict() for event in self.harness.compile_events]
+        for output in self.gathered.worker_outputs:
+            events.extend(output.get("compile_events", []))
+        return events
