@@ -44,7 +44,3 @@ class KNNFewShot:
 
     def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example]) -> dspy.Module:
         return KNNFewShotProgram(student.reset_copy(), trainset, k=self.k)
-
-    def shape(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> dspy.Module:
-        """The module a compiled state loads into (the harness's compile cache stores only the state)."""
-        return KNNFewShotProgram(student, trainset, k=int(self.k))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from evals.harness.session import DiagnosisOutcome
+from evals.harness.resources import DiagnosisOutcome
 
 
 def test_diagnosis(

@@ -231,10 +231,10 @@ class Harness:
         def fp(examples: list[Any]) -> str:
             return fingerprint(Example(str(i), e.symptoms, e.diagnosis) for i, e in enumerate(examples))
 
-        optimizer_module = optimizer_class(config.cls, self.optimizer_classes).__module__
-        sources = ["evals.config.optimizers", "evals.harness.optimize"]
-        if not optimizer_module.startswith("dspy"):
-            sources.append(optimizer_module)
+        # The optimizer code: the harness's, and the modules of a registry's own optimizer class.
+        own = optimizer_class(config.cls, self.optimizer_classes).__mro__
+        modules = dict.fromkeys(c.__module__ for c in own if not c.__module__.startswith(("dspy", "builtins")))
+        sources = ["evals.config.optimizers", "evals.harness.optimize", *modules]
         return {
             "program": spec.name,
             "program_source": spec.source_hash(),
