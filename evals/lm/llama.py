@@ -130,4 +130,4 @@ def _grammar(schema_json: str) -> Any:
     """Compile a JSON schema to a llama.cpp grammar once per distinct schema."""
     from llama_cpp import LlamaGrammar
 
-    return LlamaGrammar.fromjson_schema(schema_json, verbose=False)
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
