@@ -86,8 +86,14 @@ class Row:
         return self.goal.met(self.ratio)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "values": self.values, "ratio": self.ratio, "goal": str(self.goal),
-                "met": self.met, "note": self.note}
+        return {
+            "name": self.name,
+            "values": self.values,
+            "ratio": self.ratio,
+            "goal": str(self.goal),
+            "met": self.met,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,12 @@ class BenchReport:
     runtime_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "options": self.options, "runtime_s": round(self.runtime_s, 1),
-                "rows": [row.to_dict() for row in self.rows]}
+        return {
+            "machine": self.machine,
+            "options": self.options,
+            "runtime_s": round(self.runtime_s, 1),
+            "rows": [row.to_dict() for row in self.rows],
+        }
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -138,16 +148,19 @@ def _cells(row: Row) -> tuple[str, str, str]:
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    return (f"{machine['nproc']} cores ({machine['cpu']}), {machine['ram_gib']:.1f} GiB RAM, "
-            f"load {machine['load_start']:.2f} at start, {machine['load_end']:.2f} at end")
+    return (
+        f"{machine['nproc']} cores ({machine['cpu']}), {machine['ram_gib']:.1f} GiB RAM, "
+        f"load {machine['load_start']:.2f} at start, {machine['load_end']:.2f} at end"
+    )
 
 
 def render_table(report: BenchReport) -> Any:
     """The rows as a rich Table titled with the machine."""
     from rich.table import Table
 
-    table = Table("measurement", "measured", "ratio", "goal", "met", title=machine_line(report.machine),
-                  title_justify="left")
+    table = Table(
+        "measurement", "measured", "ratio", "goal", "met", title=machine_line(report.machine), title_justify="left"
+    )
     for row in report.rows:
         ratio_text, goal, met = _cells(row)
         style = {"yes": "green", "no": "red"}.get(met, "yellow")
@@ -158,8 +171,12 @@ def render_table(report: BenchReport) -> Any:
 def render_markdown(report: BenchReport) -> str:
     """The rows as a Markdown table for the README, with the machine and options above it."""
     options = ", ".join(f"{key}={value}" for key, value in report.options.items())
-    lines = [f"Machine: {machine_line(report.machine)}. Options: {options}. Runtime {report.runtime_s:.0f} s.", "",
-             "| measurement | measured | ratio | goal | met |", "|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine_line(report.machine)}. Options: {options}. Runtime {report.runtime_s:.0f} s.",
+        "",
+        "| measurement | measured | ratio | goal | met |",
+        "|---|---|---|---|---|",
+    ]
     for row in report.rows:
         cells = (row.name, measured_text(row), *_cells(row))
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
@@ -168,12 +185,24 @@ def render_markdown(report: BenchReport) -> str:
 
 def machine_info() -> dict[str, Any]:
     """nproc, CPU model (from /proc/cpuinfo), RAM (from /proc/meminfo) and the load average."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    mem_kib = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
-                    if line.startswith("MemTotal:")), 0)
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": mem_kib / 2**20,
-            "load_start": os.getloadavg()[0], "load_end": os.getloadavg()[0]}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    mem_kib = next(
+        (int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal:")), 0
+    )
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "ram_gib": mem_kib / 2**20,
+        "load_start": os.getloadavg()[0],
+        "load_end": os.getloadavg()[0],
+    }
 
 
 def _read(path: str) -> str:
@@ -284,14 +313,16 @@ class ProcessRun:
     log: Path
 
 
-def run_process(command: Sequence[str], log: Path, *, cwd: Path = ROOT,
-                timeout_s: float = SUBPROCESS_TIMEOUT_S) -> ProcessRun:
+def run_process(
+    command: Sequence[str], log: Path, *, cwd: Path = ROOT, timeout_s: float = SUBPROCESS_TIMEOUT_S
+) -> ProcessRun:
     """Run a command in its own process group, timing it and sampling its tree's memory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV)}
     with log.open("wb") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            list(command), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             with TreeSampler(process.pid) as sampler:
                 returncode = process.wait(timeout=timeout_s)
@@ -300,8 +331,9 @@ def run_process(command: Sequence[str], log: Path, *, cwd: Path = ROOT,
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         wall = time.perf_counter() - started
-    return ProcessRun(wall, returncode, sampler.peak_rss_kib / 1024, sampler.peak_pss_kib / 1024,
-                      sampler.peak_processes, log)
+    return ProcessRun(
+        wall, returncode, sampler.peak_rss_kib / 1024, sampler.peak_pss_kib / 1024, sampler.peak_processes, log
+    )
 
 
 def _failure(what: str, run: ProcessRun) -> BenchError:
@@ -357,11 +389,34 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
     import csv
 
     work.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pytest", *plan.targets(), "-n", workers, "-q", "-p", "no:randomly",
-               "--evals-programs", plan.program, "--evals-per-diagnosis", str(plan.per_diagnosis),
-               "--evals-cache-dir", str(cache_dir or work / "cache"), "--evals-report-dir", str(work / "reports"),
-               "--evals-spool-dir", str(work / "spool"), "--evals-tracking-uri", f"sqlite:///{work}/mlflow.db",
-               "--evals-no-mlflow", "--evals-trigger", "local", "-o", f"cache_dir={work / 'pytest-cache'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *plan.targets(),
+        "-n",
+        workers,
+        "-q",
+        "-p",
+        "no:randomly",
+        "--evals-programs",
+        plan.program,
+        "--evals-per-diagnosis",
+        str(plan.per_diagnosis),
+        "--evals-cache-dir",
+        str(cache_dir or work / "cache"),
+        "--evals-report-dir",
+        str(work / "reports"),
+        "--evals-spool-dir",
+        str(work / "spool"),
+        "--evals-tracking-uri",
+        f"sqlite:///{work}/mlflow.db",
+        "--evals-no-mlflow",
+        "--evals-trigger",
+        "local",
+        "-o",
+        f"cache_dir={work / 'pytest-cache'}",
+    ]
     command += ["--evals-data-dir", plan.data_dir] if plan.data_dir else []
     command += [] if cache else ["--evals-no-cache"]
     run = run_process(command, work / f"pytest-n{workers}.log")
@@ -372,9 +427,13 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
         rows = list(csv.DictReader(handle))
     if len(rows) != plan.examples:
         raise BenchError(f"pytest -n {workers} recorded {len(rows)} examples, expected {plan.examples} ({run.log})")
-    return HarnessRun(run, len(rows), sum(r["correct"] == "True" for r in rows),
-                      sum(r["cached"] == "True" for r in rows),
-                      sum(float(r["latency_ms"]) for r in rows) / 1000)
+    return HarnessRun(
+        run,
+        len(rows),
+        sum(r["correct"] == "True" for r in rows),
+        sum(r["cached"] == "True" for r in rows),
+        sum(float(r["latency_ms"]) for r in rows) / 1000,
+    )
 
 
 @dataclass(frozen=True)
@@ -390,8 +449,7 @@ def run_child(kind: str, job: dict[str, Any], work: Path) -> ChildRun:
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file = work / f"{kind}-job.json", work / f"{kind}-result.json"
     job_file.write_text(json.dumps({**job, "work": str(work)}))
-    run = run_process([sys.executable, "-m", "bench", kind, str(job_file), str(result_file)],
-                      work / f"{kind}.log")
+    run = run_process([sys.executable, "-m", "bench", kind, str(job_file), str(result_file)], work / f"{kind}.log")
     if run.returncode != 0 or not result_file.is_file():
         raise _failure(kind.replace("_", " "), run)
     return ChildRun(run, json.loads(result_file.read_text()))
@@ -421,8 +479,9 @@ def _program_and_examples(job: dict[str, Any]) -> tuple[Any, list[Any], Any]:
     # The harness gives one process all the cores (worker_threads(1)); the plain loop gets the same.
     lm = build_lm(parse_lm_spec("smollm2"), n_threads=worker_threads(1), cache=False)
     dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
-    trainset = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")
-                for e in dataset.split("train")]
+    trainset = [
+        dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms") for e in dataset.split("train")
+    ]
     return PROGRAMS[job["program"]].build(trainset), examples, lm
 
 
@@ -456,8 +515,14 @@ def child_plain_loop(job: dict[str, Any]) -> dict[str, Any]:
         prompt_tokens += sum(int(u.get("prompt_tokens") or 0) for u in usage.get_total_tokens().values())
         valid += answer in DIAGNOSIS_SET
         correct += answer == example.diagnosis
-    return {"examples": len(examples), "correct": correct, "valid": valid, "lm_call_s": sum(latencies),
-            "engine_s": engine_s[0], "prompt_tokens": prompt_tokens}
+    return {
+        "examples": len(examples),
+        "correct": correct,
+        "valid": valid,
+        "lm_call_s": sum(latencies),
+        "engine_s": engine_s[0],
+        "prompt_tokens": prompt_tokens,
+    }
 
 
 def child_dspy_evaluate(job: dict[str, Any]) -> dict[str, Any]:
@@ -485,8 +550,14 @@ def child_prompt_rate(job: dict[str, Any]) -> dict[str, Any]:
     demos = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis) for e in dataset.split("train")[:3]]
     messages = dspy.JSONAdapter().format(Diagnose, demos, {"symptoms": dataset.split("test")[0].symptoms})
     threads = worker_threads(1)
-    llm = load_llama(model_path=parse_lm_spec("smollm2").model, n_ctx=N_CTX, n_threads=1, n_threads_batch=threads,
-                     n_batch=512, verbose=False)
+    llm = load_llama(
+        model_path=parse_lm_spec("smollm2").model,
+        n_ctx=N_CTX,
+        n_threads=1,
+        n_threads_batch=threads,
+        n_batch=512,
+        verbose=False,
+    )
 
     def engine_once() -> tuple[float, int]:
         llm.reset()
@@ -510,8 +581,13 @@ def child_prompt_rate(job: dict[str, Any]) -> dict[str, Any]:
     for _ in range(PROMPT_REPEATS):  # interleaved, so that a change of machine load hits both
         engine_s.append(engine_once()[0])
         eval_s.append(eval_once())
-    return {"prompt_tokens": n_tokens, "threads": threads, "same_tokens": same,
-            "engine_s": statistics.median(engine_s), "eval_s": statistics.median(eval_s)}
+    return {
+        "prompt_tokens": n_tokens,
+        "threads": threads,
+        "same_tokens": same,
+        "engine_s": statistics.median(engine_s),
+        "eval_s": statistics.median(eval_s),
+    }
 
 
 def child_mlflow_upload(job: dict[str, Any]) -> dict[str, Any]:
@@ -540,9 +616,15 @@ def child_mlflow_upload(job: dict[str, Any]) -> dict[str, Any]:
                 upload_bundle(bundle, uri, redactor=Redactor.from_config({}))
                 times[size].append(time.perf_counter() - started)
             calls[size] = sum(counts.values())
-    return {str(size): {"upload_s": statistics.median(times[size]), "client_calls": calls[size],
-                        "artifacts_mib": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20}
-            for size, bundle in bundles.items() if size != 30}
+    return {
+        str(size): {
+            "upload_s": statistics.median(times[size]),
+            "client_calls": calls[size],
+            "artifacts_mib": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20,
+        }
+        for size, bundle in bundles.items()
+        if size != 30
+    }
 
 
 @contextmanager
@@ -554,8 +636,9 @@ def count_client_calls() -> Iterator[dict[str, int]]:
 
     counts: dict[str, int] = {}
     depth = threading.local()
-    originals = {name: f for name, f in vars(MlflowClient).items()
-                 if inspect.isfunction(f) and not name.startswith("_")}
+    originals = {
+        name: f for name, f in vars(MlflowClient).items() if inspect.isfunction(f) and not name.startswith("_")
+    }
 
     def counting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -566,6 +649,7 @@ def count_client_calls() -> Iterator[dict[str, int]]:
                 return method(*args, **kwargs)
             finally:
                 depth.level = level
+
         return wrapper
 
     for name, method in originals.items():
@@ -583,21 +667,34 @@ _WORDS = ("itchy", "burning", "sore", "swollen", "aching", "dizzy", "tired", "fe
 _PARTS = ("chest", "head", "skin", "stomach", "joints", "back", "throat", "legs", "eyes", "neck")
 
 
-def synthetic_records(examples: int, programs: Sequence[str] = SYNTHETIC_PROGRAMS, seed: int = SEED
-                      ) -> list[ExampleRecord]:
+def synthetic_records(
+    examples: int, programs: Sequence[str] = SYNTHETIC_PROGRAMS, seed: int = SEED
+) -> list[ExampleRecord]:
     """``examples`` seeded patient texts, each answered by every program (about 60 % right, 3 % invalid)."""
     rng = random.Random(seed)
     records = []
     for i in range(examples):
         gold = DIAGNOSES[i % len(DIAGNOSES)]
-        text = (f"For {rng.randint(2, 14)} days I have felt {rng.choice(_WORDS)} and {rng.choice(_WORDS)}; my "
-                f"{rng.choice(_PARTS)} is {rng.choice(_WORDS)} and my {rng.choice(_PARTS)} hurts at night.")
+        text = (
+            f"For {rng.randint(2, 14)} days I have felt {rng.choice(_WORDS)} and {rng.choice(_WORDS)}; my "
+            f"{rng.choice(_PARTS)} is {rng.choice(_WORDS)} and my {rng.choice(_PARTS)} hurts at night."
+        )
         for program in programs:
             roll = rng.random()
             predicted = gold if roll < 0.6 else None if roll > 0.97 else rng.choice(DIAGNOSES)
-            records.append(ExampleRecord(program, f"test-{i:05d}", text, gold, predicted, rng.lognormvariate(7, 0.4),
-                                         500 + rng.randrange(60), 10,
-                                         None if predicted else "answer outside the 22 labels: 'unsure'"))
+            records.append(
+                ExampleRecord(
+                    program,
+                    f"test-{i:05d}",
+                    text,
+                    gold,
+                    predicted,
+                    rng.lognormvariate(7, 0.4),
+                    500 + rng.randrange(60),
+                    10,
+                    None if predicted else "answer outside the 22 labels: 'unsure'",
+                )
+            )
     return records
 
 
@@ -616,21 +713,34 @@ def build_synthetic_bundle(directory: Path, examples: int, programs: Sequence[st
     records = synthetic_records(examples, programs)
     split = tuple(Example(r.example_id, r.symptoms, r.gold) for r in records if r.program == programs[0])
     session_id = uuid.UUID(int=random.Random(f"bundle:{examples}").getrandbits(128)).hex
-    params = {"lm.spec": "smollm2", "sample.examples": str(examples), "sample.seed": str(SEED),
-              "dataset.source": "synthetic"}
+    params = {
+        "lm.spec": "smollm2",
+        "sample.examples": str(examples),
+        "sample.seed": str(SEED),
+        "dataset.source": "synthetic",
+    }
     names = sorted(set(programs))
     context = SessionContext(
-        session_id=session_id, started_at=time.time(), settings=resolve({}, {}, {}, ROOT),
+        session_id=session_id,
+        started_at=time.time(),
+        settings=resolve({}, {}, {}, ROOT),
         policies=parse_policies(parse_thresholds({"version": 1}, "<bench>", names)),
         records=tuple(sorted(records, key=lambda r: (r.program, r.example_id))),
         manifest=SymptomDataset(source="synthetic", revision=None, splits={"test": split}).manifest(),
-        params=params, program_params={name: {"program.name": name, "program.base": name} for name in names},
+        params=params,
+        program_params={name: {"program.name": name, "program.base": name} for name in names},
         program_states={name: {"program": name, "state": {"synthetic": name}} for name in names},
     )
     metrics = aggregate(records)
-    summary = SessionSummary(records=list(context.records), metrics=metrics, checks={name: [] for name in metrics},
-                             error_lines=[], incomplete=[], params=params,
-                             program_params={name: {"program.name": name, "program.base": name} for name in metrics})
+    summary = SessionSummary(
+        records=list(context.records),
+        metrics=metrics,
+        checks={name: [] for name in metrics},
+        error_lines=[],
+        incomplete=[],
+        params=params,
+        program_params={name: {"program.name": name, "program.base": name} for name in metrics},
+    )
     write_bundle(directory, context, summary, Redactor.from_config({}).text)
     return directory
 
@@ -644,42 +754,76 @@ def mean_wall(runs: Sequence[HarnessRun | ChildRun]) -> float:
 
 def _overhead(plan: Plan, harness: Sequence[HarnessRun], plain: Sequence[ChildRun]) -> Row:
     harness_s, plain_s = mean_wall(harness), mean_wall(plain)
-    values = {"harness_s": harness_s, "plain_s": plain_s, "overhead_s": harness_s - plain_s,
-              "harness_lm_call_share": sum(r.lm_call_s for r in harness) / (harness_s * len(harness)),
-              "plain_lm_call_share": sum(r.result["lm_call_s"] for r in plain) / (plain_s * len(plain)),
-              "plain_engine_share": sum(r.result["engine_s"] for r in plain) / (plain_s * len(plain))}
-    return Row(f"harness overhead (-n 0, {plan.examples} examples)", values, ratio(harness_s, plain_s),
-               Goal("<=", 1.05), f"harness / plain loop wall time; {_runs(harness)}")
+    values = {
+        "harness_s": harness_s,
+        "plain_s": plain_s,
+        "overhead_s": harness_s - plain_s,
+        "harness_lm_call_share": sum(r.lm_call_s for r in harness) / (harness_s * len(harness)),
+        "plain_lm_call_share": sum(r.result["lm_call_s"] for r in plain) / (plain_s * len(plain)),
+        "plain_engine_share": sum(r.result["engine_s"] for r in plain) / (plain_s * len(plain)),
+    }
+    return Row(
+        f"harness overhead (-n 0, {plan.examples} examples)",
+        values,
+        ratio(harness_s, plain_s),
+        Goal("<=", 1.05),
+        f"harness / plain loop wall time; {_runs(harness)}",
+    )
 
 
 def _versus_evaluate(plan: Plan, harness: Sequence[HarnessRun], evaluate: Sequence[ChildRun]) -> Row:
     harness_s, evaluate_s = mean_wall(harness), mean_wall(evaluate)
-    values = {"harness_examples_per_s": plan.examples / harness_s,
-              "evaluate_examples_per_s": plan.examples / evaluate_s,
-              "harness_accuracy": harness[0].correct / plan.examples,
-              "evaluate_accuracy": evaluate[0].result["accuracy"]}
-    return Row("harness -n 2 vs dspy.Evaluate(num_threads=2)", values, ratio(evaluate_s, harness_s), Goal(">=", 1.0),
-               f"throughput ratio, aim 1.5; {_runs(harness)}")
+    values = {
+        "harness_examples_per_s": plan.examples / harness_s,
+        "evaluate_examples_per_s": plan.examples / evaluate_s,
+        "harness_accuracy": harness[0].correct / plan.examples,
+        "evaluate_accuracy": evaluate[0].result["accuracy"],
+    }
+    return Row(
+        "harness -n 2 vs dspy.Evaluate(num_threads=2)",
+        values,
+        ratio(evaluate_s, harness_s),
+        Goal(">=", 1.0),
+        f"throughput ratio, aim 1.5; {_runs(harness)}",
+    )
 
 
 def _warm(cold: HarnessRun, warm: HarnessRun) -> Row:
-    values = {"cold_s": cold.process.wall_s, "warm_s": warm.process.wall_s, "warm_cached": float(warm.cached),
-              "warm_examples": float(warm.examples)}
+    values = {
+        "cold_s": cold.process.wall_s,
+        "warm_s": warm.process.wall_s,
+        "warm_cached": float(warm.cached),
+        "warm_examples": float(warm.examples),
+    }
     note = "" if warm.cached == warm.examples else "not every warm answer came from the cache"
-    return Row("warm re-run vs cold (-n 2, caches on)", values, ratio(warm.process.wall_s, cold.process.wall_s),
-               Goal("<=", 0.05), note)
+    return Row(
+        "warm re-run vs cold (-n 2, caches on)",
+        values,
+        ratio(warm.process.wall_s, cold.process.wall_s),
+        Goal("<=", 0.05),
+        note,
+    )
 
 
 def _parallel(serial: Sequence[HarnessRun], parallel: Sequence[HarnessRun]) -> Row:
     values = {"n0_s": mean_wall(serial), "n2_s": mean_wall(parallel)}
-    return Row("-n 2 vs -n 0 (cold, cache off)", values, ratio(values["n0_s"], values["n2_s"]), Goal(">=", 1.6),
-               f"speedup; {_runs(serial)}")
+    return Row(
+        "-n 2 vs -n 0 (cold, cache off)",
+        values,
+        ratio(values["n0_s"], values["n2_s"]),
+        Goal(">=", 1.6),
+        f"speedup; {_runs(serial)}",
+    )
 
 
 def _prompt_rate(result: dict[str, Any]) -> Row:
     engine, low_level = result["prompt_tokens"] / result["engine_s"], result["prompt_tokens"] / result["eval_s"]
-    values = {"engine_tokens_per_s": engine, "llama_eval_tokens_per_s": low_level,
-              "prompt_tokens": float(result["prompt_tokens"]), "threads_batch": float(result["threads"])}
+    values = {
+        "engine_tokens_per_s": engine,
+        "llama_eval_tokens_per_s": low_level,
+        "prompt_tokens": float(result["prompt_tokens"]),
+        "threads_batch": float(result["threads"]),
+    }
     note = f"median of {PROMPT_REPEATS}, interleaved"
     note += "" if result["same_tokens"] else "; re-tokenized prompt differs from the engine's tokens"
     return Row("prompt tokens/s: engine vs llama.cpp eval", values, ratio(engine, low_level), Goal(">=", 0.8), note)
@@ -688,22 +832,37 @@ def _prompt_rate(result: dict[str, Any]) -> Row:
 def _memory(serial: Sequence[HarnessRun], auto: HarnessRun) -> Row:
     workers = max(auto.process.peak_processes - 1, 1)
     serial_rss = max(run.process.peak_rss_mib for run in serial)
-    values = {"auto_rss_mib": auto.process.peak_rss_mib, "n0_rss_mib": serial_rss,
-              "auto_pss_mib": auto.process.peak_pss_mib, "n0_pss_mib": max(run.process.peak_pss_mib for run in serial),
-              "auto_workers": float(workers)}
+    values = {
+        "auto_rss_mib": auto.process.peak_rss_mib,
+        "n0_rss_mib": serial_rss,
+        "auto_pss_mib": auto.process.peak_pss_mib,
+        "n0_pss_mib": max(run.process.peak_pss_mib for run in serial),
+        "auto_workers": float(workers),
+    }
     # No process of the tree should need more than the whole single-process run: controller + workers.
-    return Row("peak RSS -n auto vs -n 0 (process tree)", values, ratio(auto.process.peak_rss_mib, serial_rss),
-               Goal("<=", workers + 1.0), "sum of RSS; goal: at most one -n 0 process per process")
+    return Row(
+        "peak RSS -n auto vs -n 0 (process tree)",
+        values,
+        ratio(auto.process.peak_rss_mib, serial_rss),
+        Goal("<=", workers + 1.0),
+        "sum of RSS; goal: at most one -n 0 process per process",
+    )
 
 
 def _upload(result: dict[str, Any]) -> Row:
     small, large = (result[str(size)] for size in UPLOAD_SIZES)
-    values = {"upload_1k_s": small["upload_s"], "upload_10k_s": large["upload_s"],
-              "artifacts_1k_mib": small["artifacts_mib"], "artifacts_10k_mib": large["artifacts_mib"],
-              "client_calls_1k": float(small["client_calls"]), "client_calls_10k": float(large["client_calls"])}
+    values = {
+        "upload_1k_s": small["upload_s"],
+        "upload_10k_s": large["upload_s"],
+        "artifacts_1k_mib": small["artifacts_mib"],
+        "artifacts_10k_mib": large["artifacts_mib"],
+        "client_calls_1k": float(small["client_calls"]),
+        "client_calls_10k": float(large["client_calls"]),
+    }
     note = f"{len(SYNTHETIC_PROGRAMS)} programs per example, median of {UPLOAD_REPEATS}; flag at >= 3"
-    return Row("MLflow upload 10k vs 1k examples", values, ratio(large["upload_s"], small["upload_s"]), Goal("<", 3.0),
-               note)
+    return Row(
+        "MLflow upload 10k vs 1k examples", values, ratio(large["upload_s"], small["upload_s"]), Goal("<", 3.0), note
+    )
 
 
 def _runs(runs: Sequence[Any]) -> str:
@@ -726,11 +885,15 @@ def _measures(plan: Plan, work: Path) -> dict[str, tuple[str, Callable[[Path], A
         "evaluate": ("dspy.Evaluate(num_threads=2)", lambda d: run_child("dspy_evaluate", plan.job(), d)),
         "n2": ("pytest -n 2, cache off", lambda d: run_harness(plan, d, "2", cache=False)),
         "cold": ("pytest -n 2, caches on, cold", lambda d: run_harness(plan, d, "2", cache=True)),
-        "warm": ("pytest -n 2, caches on, warm (the cold run's caches)",
-                 lambda d: run_harness(plan, d, "2", cache=True, cache_dir=work / "cold-1" / "cache")),
+        "warm": (
+            "pytest -n 2, caches on, warm (the cold run's caches)",
+            lambda d: run_harness(plan, d, "2", cache=True, cache_dir=work / "cold-1" / "cache"),
+        ),
         "auto": ("pytest -n auto, cache off", lambda d: run_harness(plan, d, "auto", cache=False)),
-        "upload": ("MLflow uploads of 1k and 10k examples",
-                   lambda d: run_child("mlflow_upload", {"sizes": list(UPLOAD_SIZES)}, d).result),
+        "upload": (
+            "MLflow uploads of 1k and 10k examples",
+            lambda d: run_child("mlflow_upload", {"sizes": list(UPLOAD_SIZES)}, d).result,
+        ),
     }
 
 
@@ -752,21 +915,31 @@ def run_bench(plan: Plan, progress: Callable[[str], None] = print) -> BenchRepor
                 results[key] = BenchError(str(exc))
                 progress(f"    failed: {exc}")
     rows = [
-        _row("harness overhead", Goal("<=", 1.05),
-             lambda: _overhead(plan, _got(results, "n0"), _got(results, "plain"))),
-        _row("harness vs dspy.Evaluate", Goal(">=", 1.0),
-             lambda: _versus_evaluate(plan, _got(results, "n2"), _got(results, "evaluate"))),
-        _row("warm re-run vs cold", Goal("<=", 0.05),
-             lambda: _warm(_got(results, "cold")[0], _got(results, "warm")[0])),
+        _row(
+            "harness overhead", Goal("<=", 1.05), lambda: _overhead(plan, _got(results, "n0"), _got(results, "plain"))
+        ),
+        _row(
+            "harness vs dspy.Evaluate",
+            Goal(">=", 1.0),
+            lambda: _versus_evaluate(plan, _got(results, "n2"), _got(results, "evaluate")),
+        ),
+        _row(
+            "warm re-run vs cold", Goal("<=", 0.05), lambda: _warm(_got(results, "cold")[0], _got(results, "warm")[0])
+        ),
         _row("-n 2 vs -n 0", Goal(">=", 1.6), lambda: _parallel(_got(results, "n0"), _got(results, "n2"))),
         _row("prompt tokens/s", Goal(">=", 0.8), lambda: _prompt_rate(_got(results, "prompt")[0])),
-        _row("peak RSS -n auto vs -n 0", Goal("<=", 3.0),
-             lambda: _memory(_got(results, "n0"), _got(results, "auto")[0])),
+        _row(
+            "peak RSS -n auto vs -n 0", Goal("<=", 3.0), lambda: _memory(_got(results, "n0"), _got(results, "auto")[0])
+        ),
         _row("MLflow upload 10k vs 1k", Goal("<", 3.0), lambda: _upload(_got(results, "upload")[0])),
     ]
     machine["load_end"] = os.getloadavg()[0]
-    options = {"program": plan.program, "per_diagnosis": plan.per_diagnosis, "examples": plan.examples,
-               "quick": plan.quick}
+    options = {
+        "program": plan.program,
+        "per_diagnosis": plan.per_diagnosis,
+        "examples": plan.examples,
+        "quick": plan.quick,
+    }
     return BenchReport(machine, options, rows, time.perf_counter() - started)
 
 

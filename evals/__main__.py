@@ -49,9 +49,7 @@ def positive_int(text: str) -> int:
 
 
 def _configure_sync(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--spool", type=Path, default=DEFAULT_SPOOL, help="Spool directory (default: %(default)s)"
-    )
+    parser.add_argument("--spool", type=Path, default=DEFAULT_SPOOL, help="Spool directory (default: %(default)s)")
     parser.add_argument(
         "--tracking-uri",
         help="Upload everything here (default: $EVALS_TRACKING_URI, else each bundle's "
@@ -83,9 +81,7 @@ def _run_sync(args: argparse.Namespace) -> int:
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $EVALS_TRACKING_URI)")
     parser.add_argument("--experiment", help="Experiment name (default: $EVALS_EXPERIMENT)")
-    parser.add_argument(
-        "--last", type=positive_int, default=10, help="Number of sessions (default: %(default)s)"
-    )
+    parser.add_argument("--last", type=positive_int, default=10, help="Number of sessions (default: %(default)s)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -112,16 +108,20 @@ def _run_report(args: argparse.Namespace) -> int:
 def _configure_promote(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="Parent run id of the session to promote")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $EVALS_TRACKING_URI)")
-    parser.add_argument("--thresholds", type=Path, default=Path("thresholds.yaml"),
-                        help="File whose regression.promote_requires must match (default: %(default)s)")
+    parser.add_argument(
+        "--thresholds",
+        type=Path,
+        default=Path("thresholds.yaml"),
+        help="File whose regression.promote_requires must match (default: %(default)s)",
+    )
 
 
 def _run_promote(args: argparse.Namespace) -> int:
-    from evals.store.registry import promote_session
-    from evals.config.validation import load_yaml_strict
     from evals.config.policies import split_policy
+    from evals.config.validation import load_yaml_strict
     from evals.environment import git_facts
     from evals.store.client import mlflow_errors
+    from evals.store.registry import promote_session
 
     raw = load_yaml_strict(args.thresholds) if args.thresholds.is_file() else {}
     required = split_policy((raw or {}).get("regression"))[1]
@@ -139,9 +139,9 @@ def _configure_rollback(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rollback(args: argparse.Namespace) -> int:
-    from evals.store.registry import rollback
     from evals.environment import git_facts
     from evals.store.client import mlflow_errors
+    from evals.store.registry import rollback
 
     uri = tracking_uri(args)
     with mlflow_errors(uri):
@@ -152,13 +152,19 @@ def _run_rollback(args: argparse.Namespace) -> int:
 
 def _configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", default="zero_shot", help="Program to measure (default: %(default)s)")
-    parser.add_argument("--per-diagnosis", type=positive_int, default=1,
-                        help="Examples per diagnosis (default: %(default)s)")
-    parser.add_argument("--data-dir", type=Path,
-                        help="Local dataset directory (default: $EVALS_DATA_DIR, else the Hub)")
+    parser.add_argument(
+        "--per-diagnosis", type=positive_int, default=1, help="Examples per diagnosis (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="Local dataset directory (default: $EVALS_DATA_DIR, else the Hub)"
+    )
     parser.add_argument("--quick", action="store_true", help="Measure on 8 of the 22 diagnoses")
-    parser.add_argument("--out", type=Path, default=Path(".evals/bench.json"),
-                        help="JSON result; the Markdown table goes next to it as .md (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".evals/bench.json"),
+        help="JSON result; the Markdown table goes next to it as .md (default: %(default)s)",
+    )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -169,8 +175,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != "bench":
             raise
-        print("python -m evals bench: the benchmark is not installed; run it from a checkout of the repository",
-              file=sys.stderr)
+        print(
+            "python -m evals bench: the benchmark is not installed; run it from a checkout of the repository",
+            file=sys.stderr,
+        )
         return 2
 
     check_program(args.program)  # an unknown name is one line now, not seven failed measurements later
@@ -186,11 +194,10 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "sync": Command("Upload spooled session bundles to MLflow", _configure_sync, _run_sync),
-    "report": Command(
-        "Show recent sessions and compare the last two", _configure_report, _run_report
+    "report": Command("Show recent sessions and compare the last two", _configure_report, _run_report),
+    "promote": Command(
+        "Make a session's programs the champions, if every gate passed", _configure_promote, _run_promote
     ),
-    "promote": Command("Make a session's programs the champions, if every gate passed", _configure_promote,
-                       _run_promote),
     "rollback": Command("Restore the previous champion of a program", _configure_rollback, _run_rollback),
     "bench": Command("Measure the harness against baselines and print the ratios", _configure_bench, _run_bench),
 }

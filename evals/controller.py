@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -106,8 +106,10 @@ class Controller:
             return
         for key, value in report.user_properties:
             if key == STABILITY_PROPERTY:
-                self.gathered.stability.extend(value)
-        batches = [value for key, value in report.user_properties if key == RECORDS_PROPERTY]
+                self.gathered.stability.extend(cast("list[dict[str, Any]]", value))
+        batches = [
+            cast("list[dict[str, Any]]", value) for key, value in report.user_properties if key == RECORDS_PROPERTY
+        ]
         self.gathered.records.extend(ExampleRecord.from_dict(item) for batch in batches for item in batch)
 
     @pytest.hookimpl(wrapper=True)

@@ -220,7 +220,9 @@ def _check_schema(frame: Any, rows: Sequence[tuple[str, int, dict[str, Any]]]) -
 
 def _describe_schema_error(exc: Any, frame: Any, rows: Sequence[tuple[str, int, dict[str, Any]]]) -> str:
     cases = getattr(exc, "failure_cases", None)
-    index = int(cases["index"].iloc[0]) if cases is not None and len(cases) and cases["index"].iloc[0] is not None else 0
+    index = (
+        int(cases["index"].iloc[0]) if cases is not None and len(cases) and cases["index"].iloc[0] is not None else 0
+    )
     file, line, obj = rows[index]
     column = getattr(exc, "column_name", None) or getattr(getattr(exc, "schema", None), "name", None)
     if column == "diagnosis":
@@ -231,7 +233,10 @@ def _describe_schema_error(exc: Any, frame: Any, rows: Sequence[tuple[str, int, 
     if not normalize_text(value):
         return f"{file}:{line}: {TEXT_KEY}: empty symptom text"
     if len(frame["symptoms"].iloc[index]) > MAX_SYMPTOM_CHARS:
-        return f"{file}:{line}: {TEXT_KEY}: symptom text of {len(value):,} characters exceeds the limit of {MAX_SYMPTOM_CHARS:,}"
+        return (
+            f"{file}:{line}: {TEXT_KEY}: symptom text of {len(value):,} characters "
+            f"exceeds the limit of {MAX_SYMPTOM_CHARS:,}"
+        )
     return f"{file}:{line}: {exc}"
 
 
@@ -280,5 +285,3 @@ def parse_per_diagnosis(value: str) -> int | None:
     if number < 1:
         raise ValueError(f"expected a positive integer or 'all', found {value!r}")
     return number
-
-

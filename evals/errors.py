@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 
-class ConfigError(pytest.UsageError):
+class ConfigError(pytest.UsageError):  # type: ignore[misc]  # final for typing, subclassed on purpose
     """Bad configuration or input: one readable line naming what, where, found and allowed.
 
     It subclasses ``pytest.UsageError`` so that pytest prints ``ERROR: <message>`` and exits

@@ -31,11 +31,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if option.flag:
             group.addoption(option.cli, dest=option.dest, action="store_true", default=None, help=option.help)
         else:
-            group.addoption(option.cli, dest=option.dest, default=None, metavar=option.name.upper().replace("-", "_"),
-                            help=f"{option.help} (env {option.env}, default {option.default})")
+            group.addoption(
+                option.cli,
+                dest=option.dest,
+                default=None,
+                metavar=option.name.upper().replace("-", "_"),
+                help=f"{option.help} (env {option.env}, default {option.default})",
+            )
         parser.addini(option.ini, option.help, default=None)
-    parser.addini("evals_redact_patterns", "Extra NAME=REGEX patterns redacted from logged texts", type="linelist",
-                  default=[])
+    parser.addini(
+        "evals_redact_patterns", "Extra NAME=REGEX patterns redacted from logged texts", type="linelist", default=[]
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -118,14 +124,18 @@ def evals_evaluate(
     """Run a program on one diagnosis's sampled examples; the records travel with the test report."""
 
     def evaluate(program: str, diagnosis: str) -> DiagnosisOutcome:
-        outcome = guarded(evals_session, request, lambda: evaluate_recording(evals_session, request, program, diagnosis))
+        outcome = guarded(
+            evals_session, request, lambda: evaluate_recording(evals_session, request, program, diagnosis)
+        )
         request.node.user_properties.append(outcome.as_property())
         return outcome
 
     return evaluate
 
 
-def evaluate_recording(session: Harness, request: pytest.FixtureRequest, program: str, diagnosis: str) -> DiagnosisOutcome:
+def evaluate_recording(
+    session: Harness, request: pytest.FixtureRequest, program: str, diagnosis: str
+) -> DiagnosisOutcome:
     """``session.evaluate``; when it finds the LM down, the records it gathered still travel with the report."""
     try:
         return session.evaluate(program, diagnosis)
@@ -135,9 +145,7 @@ def evaluate_recording(session: Harness, request: pytest.FixtureRequest, program
 
 
 @pytest.fixture
-def evals_stability(
-    evals_session: Harness, evals_lm: Any, request: pytest.FixtureRequest
-) -> Callable[..., Any]:
+def evals_stability(evals_session: Harness, evals_lm: Any, request: pytest.FixtureRequest) -> Callable[..., Any]:
     """Compare a program's answers on an example and on a perturbed text; the record travels with the report."""
 
     def check(program: str, example: Any, text: str, perturbations: tuple[str, ...]) -> Any:

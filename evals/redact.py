@@ -48,9 +48,7 @@ class Redactor:
     """
 
     patterns: tuple[tuple[str, str], ...]
-    _compiled: tuple[tuple[str, re.Pattern[str]], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _compiled: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
 
     def __init__(self, patterns: Sequence[tuple[str, str]]) -> None:
         pairs = tuple((str(name), str(regex)) for name, regex in patterns)

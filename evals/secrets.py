@@ -100,11 +100,7 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
 
     Longest first so that a secret containing another one is masked as a whole.
     """
-    values = {
-        value
-        for name, value in environ.items()
-        if looks_secret(name) and len(value) >= MIN_SECRET_LENGTH
-    }
+    values = {value for name, value in environ.items() if looks_secret(name) and len(value) >= MIN_SECRET_LENGTH}
     return sorted(values, key=len, reverse=True)
 
 
@@ -146,9 +142,7 @@ def scrub(mapping: Mapping[str, str], environ: Mapping[str, str] = os.environ) -
     """
     secrets = secret_values(environ)
     cleaned = {key: mask_url_credentials(str(value)) for key, value in mapping.items()}
-    return {
-        key: MASK if _holds_secret(key, value, secrets) else value for key, value in cleaned.items()
-    }
+    return {key: MASK if _holds_secret(key, value, secrets) else value for key, value in cleaned.items()}
 
 
 def _holds_secret(key: str, value: str, secrets: list[str]) -> bool:

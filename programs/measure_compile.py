@@ -38,8 +38,10 @@ class CompileMeasurement:
     examples: int
 
     def line(self) -> str:
-        return (f"{self.program}+{self.optimizer}: compile {self.seconds:.1f}s, {self.lm_calls} LM calls; "
-                f"accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f} on {self.examples} test examples")
+        return (
+            f"{self.program}+{self.optimizer}: compile {self.seconds:.1f}s, {self.lm_calls} LM calls; "
+            f"accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f} on {self.examples} test examples"
+        )
 
 
 def accuracy(program: Any, name: str, examples: Sequence[Any]) -> float:
@@ -50,18 +52,26 @@ def accuracy(program: Any, name: str, examples: Sequence[Any]) -> float:
     return sum(record.correct for record in records) / max(len(records), 1)
 
 
-def measure(optimizer: str, program: str, lm: Any, data_dir: Path | None, per_diagnosis: int | None,
-            seed: int = 0, optimizers_file: Path | None = None, progress: Any = None) -> CompileMeasurement:
+def measure(
+    optimizer: str,
+    program: str,
+    lm: Any,
+    data_dir: Path | None,
+    per_diagnosis: int | None,
+    seed: int = 0,
+    optimizers_file: Path | None = None,
+    progress: Any = None,
+) -> CompileMeasurement:
     """Compile ``program`` with the named configuration on ``lm`` (dspy's configured LM) and measure it.
 
     ``progress``, when given, is called with a line as each stage ends.
     """
     import dspy
 
-    from evals.data import load_dataset, sample
-    from evals.scoring import diagnosis_match
     from evals.config.optimizers import check_pair, load_setup
+    from evals.data import load_dataset, sample
     from evals.harness.optimize import compile_program
+    from evals.scoring import diagnosis_match
     from programs.registry import OPTIMIZERS_FILE as CONFIG_FILE
     from programs.registry import PROGRAMS
 
@@ -71,8 +81,10 @@ def measure(optimizer: str, program: str, lm: Any, data_dir: Path | None, per_di
     dataset = load_dataset(data_dir, seed=seed)
 
     def examples(split: str, count: int | None) -> list[Any]:
-        return [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")
-                for e in sample(dataset.split(split), count, seed=seed)]
+        return [
+            dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")
+            for e in sample(dataset.split(split), count, seed=seed)
+        ]
 
     trainset, full_train = examples("train", config.trainset_per_diagnosis), examples("train", None)
     valset = examples("val", config.valset_per_diagnosis) if config.uses_valset else []
@@ -84,8 +96,10 @@ def measure(optimizer: str, program: str, lm: Any, data_dir: Path | None, per_di
     calls, started = len(lm.history), time.perf_counter()
     compiled = compile_program(config, spec.build(full_train), trainset, valset, diagnosis_match)
     seconds, lm_calls = time.perf_counter() - started, len(lm.history) - calls
-    say(f"{program}+{optimizer}: compiled in {seconds:.0f}s with {lm_calls} LM calls "
-        f"({len(trainset)} train, {len(valset)} val examples)")
+    say(
+        f"{program}+{optimizer}: compiled in {seconds:.0f}s with {lm_calls} LM calls "
+        f"({len(trainset)} train, {len(valset)} val examples)"
+    )
     after = accuracy(compiled, f"{program}+{optimizer}", test)
     return CompileMeasurement(optimizer, program, seconds, lm_calls, before, after, len(test))
 
@@ -106,13 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from evals.lm.spec import build_lm, parse_lm_spec, worker_threads
 
         dspy.configure_cache(disk_cache_dir=str(args.cache_dir / "lm"))
-        lm = build_lm(parse_lm_spec(args.lm), n_threads=worker_threads(1), cache=not args.no_cache,
-                      cache_dir=args.cache_dir)
+        lm = build_lm(
+            parse_lm_spec(args.lm), n_threads=worker_threads(1), cache=not args.no_cache, cache_dir=args.cache_dir
+        )
         # Count every call of a long compile (dspy keeps the last 10,000 by default).
         dspy.configure(lm=lm, adapter=dspy.JSONAdapter(), max_history_size=1_000_000)
         for optimizer in args.optimizers:
-            result = measure(optimizer, args.program, lm, args.data_dir, args.per_diagnosis,
-                             progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+            result = measure(
+                optimizer,
+                args.program,
+                lm,
+                args.data_dir,
+                args.per_diagnosis,
+                progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+            )
             print(result.line(), flush=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

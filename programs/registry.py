@@ -62,10 +62,19 @@ PROGRAMS: dict[str, ProgramSpec] = {
     for spec in (
         ProgramSpec("zero_shot", "dspy.Predict, no demos", _zero_shot),
         ProgramSpec("chain_of_thought", "dspy.ChainOfThought, no demos", _chain_of_thought),
-        ProgramSpec("knn_few_shot", "Predict with the 3 nearest training examples (TF-IDF) as demos", _knn_few_shot,
-                    modules=(knn,)),
-        ProgramSpec("tfidf_logreg", "Reference without LM: TF-IDF + logistic regression fitted on the train split",
-                    _tfidf_logreg, modules=(reference,), reference=True),
+        ProgramSpec(
+            "knn_few_shot",
+            "Predict with the 3 nearest training examples (TF-IDF) as demos",
+            _knn_few_shot,
+            modules=(knn,),
+        ),
+        ProgramSpec(
+            "tfidf_logreg",
+            "Reference without LM: TF-IDF + logistic regression fitted on the train split",
+            _tfidf_logreg,
+            modules=(reference,),
+            reference=True,
+        ),
     )
 }
 

@@ -14,9 +14,7 @@ import pytest
 from evals.harness.resources import DiagnosisOutcome
 
 
-def test_diagnosis(
-    evals_program: str, diagnosis: str, evals_evaluate: Callable[[str, str], DiagnosisOutcome]
-) -> None:
+def test_diagnosis(evals_program: str, diagnosis: str, evals_evaluate: Callable[[str, str], DiagnosisOutcome]) -> None:
     outcome = evals_evaluate(evals_program, diagnosis)
     if outcome.failure:
         pytest.fail(outcome.failure, pytrace=False)

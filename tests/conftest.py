@@ -30,6 +30,7 @@ def _isolated_from_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("EVALS_") or name in ("MLFLOW_TRACKING_URI", "GITHUB_STEP_SUMMARY", "CI"):
             monkeypatch.delenv(name)
 
+
 SYMPTOM_WORDS = ("itchy", "burning", "sore", "swollen", "aching", "dizzy", "tired", "feverish")
 
 
@@ -52,18 +53,18 @@ def tiny_data_dir(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "data")
 
 
-SUITE = '''
+SUITE = """
 import pytest
 
 def test_diagnosis(evals_program, diagnosis, evals_evaluate):
     outcome = evals_evaluate(evals_program, diagnosis)
     if outcome.failure:
         pytest.fail(outcome.failure, pytrace=False)
-'''
+"""
 
 # The scripted LM answers the gold label for the first example of each diagnosis (by id)
 # and a wrong label for the others, so accuracy is known in advance: 0.5 with 2 per label.
-DUMMY_CONFTEST = '''
+DUMMY_CONFTEST = """
 import os
 
 import pytest
@@ -91,13 +92,13 @@ def evals_lm(evals_session):
     lm = DummyLM(answers, adapter=dspy.JSONAdapter())
     dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
     return lm
-'''
+"""
 
 # A fake LM engine: answers the first diagnosis named in the symptoms, case-insensitively. Faults on
 # demand, by environment variable: EVALS_TEST_GARBAGE=1 answers a valid JSON non-label for everything;
 # EVALS_TEST_FAIL_ON=<label> raises a connection error and EVALS_TEST_NONSENSE_ON=<label> answers text
 # that is no JSON for texts naming that label; EVALS_TEST_FAIL_ALL=1 raises for everything.
-KEYWORD_CONFTEST = '''
+KEYWORD_CONFTEST = """
 import json
 import os
 
@@ -141,7 +142,7 @@ def evals_lm():
     lm = dspy.LM("keyword/fake", engine=KeywordEngine(), cache=False, num_retries=0)
     dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
     return lm
-'''
+"""
 
 
 THRESHOLDS = """

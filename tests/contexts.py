@@ -27,19 +27,38 @@ def records(program: str, correct: int, n: int = len(DIAGNOSES)) -> list[Example
     return out
 
 
-def make_context(tmp_path: Path, recs: list[ExampleRecord], *, thresholds: dict[str, Any] | None = None,
-                 cli: dict[str, Any] | None = None, **fields: Any) -> SessionContext:
+def make_context(
+    tmp_path: Path,
+    recs: list[ExampleRecord],
+    *,
+    thresholds: dict[str, Any] | None = None,
+    cli: dict[str, Any] | None = None,
+    **fields: Any,
+) -> SessionContext:
     """A session context over ``recs`` with settings rooted at ``tmp_path`` (``cli``: option dest -> value)."""
     settings = resolve({"evals_report_dir": str(tmp_path / "reports"), **(cli or {})}, {}, {}, tmp_path)
     names = sorted({r.program for r in recs})
     policies = parse_policies(parse_thresholds(thresholds or {"version": 1}, "thresholds.yaml", names))
     params = {"lm.spec": "smollm2", "git.branch": "main", "git.commit": "abc"}
-    program_params = {name: {"program.name": name, "program.base": name, SOURCE_HASH_PARAM: "hash",
-                             SAMPLE_PARAM: "sample", FINGERPRINT_PARAM: "lm"} for name in names}
+    program_params = {
+        name: {
+            "program.name": name,
+            "program.base": name,
+            SOURCE_HASH_PARAM: "hash",
+            SAMPLE_PARAM: "sample",
+            FINGERPRINT_PARAM: "lm",
+        }
+        for name in names
+    }
     defaults: dict[str, Any] = {
-        "session_id": SESSION_ID, "started_at": 1_700_000_000.0, "settings": settings, "policies": policies,
-        "records": tuple(sorted(recs, key=lambda r: (r.program, r.example_id))), "params": params,
-        "program_params": program_params, "manifest": {"source": "hand-built", "splits": {}},
+        "session_id": SESSION_ID,
+        "started_at": 1_700_000_000.0,
+        "settings": settings,
+        "policies": policies,
+        "records": tuple(sorted(recs, key=lambda r: (r.program, r.example_id))),
+        "params": params,
+        "program_params": program_params,
+        "manifest": {"source": "hand-built", "splits": {}},
         "program_states": {name: {"program": name, "state": {"demos": []}} for name in names},
     }
     return SessionContext(**{**defaults, **fields})

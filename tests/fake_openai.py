@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import math
+import os
 import random
 import re
 import signal
@@ -56,8 +56,21 @@ import pytest
 from evals.labels import DIAGNOSES
 
 HOST = "127.0.0.1"
-SETTINGS = ("model", "latency", "jitter", "rate_limit_every", "rate_limit_rate", "retry_after", "error_rate",
-            "hang", "hang_seconds", "garbage", "max_concurrency", "default_label", "answer_field")
+SETTINGS = (
+    "model",
+    "latency",
+    "jitter",
+    "rate_limit_every",
+    "rate_limit_rate",
+    "retry_after",
+    "error_rate",
+    "hang",
+    "hang_seconds",
+    "garbage",
+    "max_concurrency",
+    "default_label",
+    "answer_field",
+)
 """The knobs a test may set, as attributes, keyword arguments, ``POST /config`` keys or CLI flags."""
 GARBAGE_TEXT = "Sorry, I cannot help with medical questions."
 GARBAGE_BODY = "<html><body><h1>upstream hiccup</h1></body></html>"
@@ -134,8 +147,10 @@ def answer_content(body: dict[str, Any], label: str, answer_field: str = "diagno
     values = {name: _field_value(name, schema, label, answer_field) for name, schema in requested_fields(body).items()}
     if style == "json":
         return json.dumps(values)
-    sections = [f"[[ ## {name} ## ]]\n{value if isinstance(value, str) else json.dumps(value)}"
-                for name, value in values.items()]
+    sections = [
+        f"[[ ## {name} ## ]]\n{value if isinstance(value, str) else json.dumps(value)}"
+        for name, value in values.items()
+    ]
     return "\n\n".join([*sections, "[[ ## completed ## ]]"])
 
 
@@ -208,9 +223,13 @@ class FakeStats:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy (status codes become string keys, as JSON wants)."""
         with self._lock:
-            return {"total": self.total, "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
-                    "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-                    "records": [list(r) for r in self.records]}
+            return {
+                "total": self.total,
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+                "records": [list(r) for r in self.records],
+            }
 
 
 class FakeOpenAI:
@@ -224,12 +243,26 @@ class FakeOpenAI:
         seed: Seeds the random draws (jitter, rates) for reproducible runs.
     """
 
-    def __init__(self, *, port: int = 0, model: str = "fake", latency: float = 0.0, jitter: float = 0.0,
-                 rate_limit_every: int = 0, rate_limit_rate: float = 0.0, retry_after: float = 1.0,
-                 error_rate: float = 0.0, hang: bool = False, hang_seconds: float = 3600.0,
-                 garbage: bool | str | None = None, max_concurrency: int = 0, default_label: str = "allergy",
-                 answer_field: str = "diagnosis", label_for: Callable[[str, str], str] = keyword_label,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        model: str = "fake",
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        rate_limit_every: int = 0,
+        rate_limit_rate: float = 0.0,
+        retry_after: float = 1.0,
+        error_rate: float = 0.0,
+        hang: bool = False,
+        hang_seconds: float = 3600.0,
+        garbage: bool | str | None = None,
+        max_concurrency: int = 0,
+        default_label: str = "allergy",
+        answer_field: str = "diagnosis",
+        label_for: Callable[[str, str], str] = keyword_label,
+        seed: int | None = None,
+    ) -> None:
         self.requested_port, self.model, self.label_for = port, model, label_for
         self.latency, self.jitter, self.error_rate, self.garbage = latency, jitter, error_rate, garbage
         self.rate_limit_every, self.rate_limit_rate, self.retry_after = rate_limit_every, rate_limit_rate, retry_after
@@ -273,8 +306,9 @@ class FakeOpenAI:
     def start(self) -> Self:
         server = _Server((HOST, self.requested_port), self)
         self._server, self._stopping = server, threading.Event()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-openai:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-openai:{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -341,17 +375,28 @@ class FakeOpenAI:
         content = GARBAGE_TEXT if self.garbage else answer_content(body, label, self.answer_field)
         prompt_tokens = max(1, sum(len(message_text(m).split()) for m in body.get("messages") or []))
         completion_tokens = max(1, len(content.split()))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-                "model": str(body.get("model") or self.model), "system_fingerprint": "fake_openai"}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": str(body.get("model") or self.model),
+            "system_fingerprint": "fake_openai",
+        }
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = _stream_chunks(head, content, usage if include_usage else None)
             events = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
             return Reply(200, events, "text/event-stream", {"Cache-Control": "no-cache", "Connection": "close"})
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
-                  "finish_reason": "stop"}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
         return _json_reply(200, {**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
 
@@ -377,8 +422,11 @@ def _rate_limited(retry_after: float, message: str) -> Reply:
 
 def _stream_chunks(head: dict[str, Any], content: str, usage: dict[str, int] | None) -> list[dict[str, Any]]:
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     chunks = [chunk({"role": "assistant", "content": ""}, None)]
     chunks += [chunk({"content": piece}, None) for piece in re.findall(r"\S*\s*", content) if piece]
@@ -550,14 +598,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fake_openai", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="Port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--model", default="fake", help="Model id listed by /v1/models")
-    for flag, kind, text in (("latency", float, "Seconds before each answer"),
-                             ("jitter", float, "Extra random seconds, up to this many"),
-                             ("rate-limit-every", int, "Answer 429 to every Nth call"),
-                             ("rate-limit-rate", float, "Answer 429 with this probability"),
-                             ("retry-after", float, "Seconds in the Retry-After header of a 429"),
-                             ("error-rate", float, "Answer 500 with this probability"),
-                             ("max-concurrency", int, "Answer 429 beyond this many calls in flight (0: no cap)"),
-                             ("seed", int, "Seed of the random draws")):
+    for flag, kind, text in (
+        ("latency", float, "Seconds before each answer"),
+        ("jitter", float, "Extra random seconds, up to this many"),
+        ("rate-limit-every", int, "Answer 429 to every Nth call"),
+        ("rate-limit-rate", float, "Answer 429 with this probability"),
+        ("retry-after", float, "Seconds in the Retry-After header of a 429"),
+        ("error-rate", float, "Answer 500 with this probability"),
+        ("max-concurrency", int, "Answer 429 beyond this many calls in flight (0: no cap)"),
+        ("seed", int, "Seed of the random draws"),
+    ):
         parser.add_argument(f"--{flag}", type=kind, help=text)
     parser.add_argument("--hang", action="store_true", help="Never answer (until the server stops)")
     parser.add_argument("--garbage", choices=("content", "body"), help="Answer unparseable text or a non-JSON body")

@@ -178,8 +178,9 @@ def test_children_file_and_ppid_scan_agree() -> None:
         process.wait()
 
 
-def test_run_process_times_a_command_without_the_evals_environment(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_process_times_a_command_without_the_evals_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EVALS_NO_CACHE", "1")
     script = "import os, sys; sys.exit(3 if 'EVALS_NO_CACHE' in os.environ else 0)"
     run = run_process([sys.executable, "-c", script], tmp_path / "log.txt", cwd=tmp_path)
@@ -199,7 +200,6 @@ def test_synthetic_bundle_uploads_as_one_parent_run_with_artifacts(tmp_path: Pat
     from mlflow.tracking import MlflowClient
 
     from evals.store.schema import PARENT_TAG, SESSION_TAG
-
     from evals.store.upload import upload_bundle
 
     bundle = build_synthetic_bundle(tmp_path / "bundle", 1_000)
@@ -212,7 +212,10 @@ def test_synthetic_bundle_uploads_as_one_parent_run_with_artifacts(tmp_path: Pat
     assert [run.info.run_id for run in parents] == [run_id]
     assert SESSION_TAG in parents[0].data.tags and parents[0].info.status == "FINISHED"
     assert sorted(run.data.tags["mlflow.runName"] for run in runs if PARENT_TAG in run.data.tags) == [
-        "chain_of_thought", "knn_few_shot", "zero_shot"]
+        "chain_of_thought",
+        "knn_few_shot",
+        "zero_shot",
+    ]
     assert parents[0].data.metrics["zero_shot.n"] == 1_000
     artifacts = {artifact.path for artifact in client.list_artifacts(run_id)}
     assert {"predictions.csv", "predictions.parquet", "report.html", "confusion_zero_shot.png"} <= artifacts

@@ -23,10 +23,21 @@ def test_the_bundle_holds_the_reports_tables_and_a_directory_per_program(tmp_pat
     bundle = _write(tmp_path)
 
     files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
-    for name in ("session.json", "artifacts/report.html", "artifacts/report.md", "artifacts/predictions.parquet",
-                 "artifacts/predictions.csv", "artifacts/misclassified.csv", "artifacts/per_diagnosis.csv",
-                 "artifacts/manifest.json", "artifacts/verdict.json", "artifacts/confusion_knn.png",
-                 "programs/knn/compiled_program.json", "programs/knn/predictions.csv", "programs/knn/confusion.png"):
+    for name in (
+        "session.json",
+        "artifacts/report.html",
+        "artifacts/report.md",
+        "artifacts/predictions.parquet",
+        "artifacts/predictions.csv",
+        "artifacts/misclassified.csv",
+        "artifacts/per_diagnosis.csv",
+        "artifacts/manifest.json",
+        "artifacts/verdict.json",
+        "artifacts/confusion_knn.png",
+        "programs/knn/compiled_program.json",
+        "programs/knn/predictions.csv",
+        "programs/knn/confusion.png",
+    ):
         assert name in files
     assert json.loads((bundle / "artifacts" / "manifest.json").read_text())["source"] == "hand-built"
 
@@ -44,9 +55,14 @@ def test_session_json_reads_back_as_a_bundle(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_session_is_killed_and_states_are_redacted(tmp_path: Path) -> None:
-    bundle = _write(tmp_path, interrupted=True,
-                    program_states={"knn": {"program": "knn", "state": {"demo": "secret text"}},
-                                    "zero_shot+knn_few_shot": {"program": "x", "state": {}}})
+    bundle = _write(
+        tmp_path,
+        interrupted=True,
+        program_states={
+            "knn": {"program": "knn", "state": {"demo": "secret text"}},
+            "zero_shot+knn_few_shot": {"program": "x", "state": {}},
+        },
+    )
 
     assert Bundle.load(bundle).status == "KILLED"
     state = json.loads((bundle / "programs" / "knn" / "compiled_program.json").read_text())

@@ -12,34 +12,46 @@ from pathlib import Path
 
 import pytest
 
-from evals.store.registry import promotion_blockers
 from evals.gates.champion import is_local_store
+from evals.store.registry import promotion_blockers
 from tests.mlflow_server import QUIET_ENV
 from tests.test_plugin import run
 
 
 def cli(project: pytest.Pytester, *args: str) -> subprocess.CompletedProcess[str]:
     uri = f"sqlite:///{project.path / 'mlflow.db'}"
-    return subprocess.run([sys.executable, "-m", "evals", *args, "--tracking-uri", uri], capture_output=True,
-                          text=True, cwd=project.path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "evals", *args, "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        cwd=project.path,
+        timeout=300,
+    )
 
 
-def test_promote_compare_weaken_refuse_and_rollback(eval_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-                                                    ) -> None:
+def test_promote_compare_weaken_refuse_and_rollback(
+    eval_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = run(eval_project, "-n 2 --evals-promote")
     assert first.ret == 0, first.stdout.str()
     first.stdout.fnmatch_lines(["*zero_shot: promoted symptom-diagnosis.zero_shot version none -> 1*"])
 
     unchanged = run(eval_project, "--evals-promote")
     assert unchanged.ret == 0, unchanged.stdout.str()
-    unchanged.stdout.fnmatch_lines(["*Regression against the champion*", "*zero_shot*accuracy*0.500*0.500*ok*",
-                                    "*promoted symptom-diagnosis.zero_shot version 1 -> 2*"])
+    unchanged.stdout.fnmatch_lines(
+        [
+            "*Regression against the champion*",
+            "*zero_shot*accuracy*0.500*0.500*ok*",
+            "*promoted symptom-diagnosis.zero_shot version 1 -> 2*",
+        ]
+    )
 
     monkeypatch.setenv("EVALS_TEST_WEAKEN", "1")
     weakened = run(eval_project, "-n 2 --evals-promote")
     assert weakened.ret == 1
-    weakened.stdout.fnmatch_lines(["ERROR: zero_shot: accuracy 0.500 → 0.000 (Δ −0.500, 95% CI *McNemar p<0.001) "
-                                   "is a regression"])
+    weakened.stdout.fnmatch_lines(
+        ["ERROR: zero_shot: accuracy 0.500 → 0.000 (Δ −0.500, 95% CI *McNemar p<0.001) is a regression"]
+    )
     weakened.stdout.fnmatch_lines(["*promotion refused*a gate failed*"])
     monkeypatch.delenv("EVALS_TEST_WEAKEN")
 
@@ -115,9 +127,17 @@ def test_promotion_blockers_refuse_an_unavailable_gate_and_a_weak_comparison() -
 
 @pytest.mark.parametrize(
     ("uri", "local"),
-    [("sqlite:///mlflow.db", True), ("mlruns", True), ("file:///tmp/mlruns", True), ("C:\\mlruns", True),
-     ("http://mlflow.internal:5000", False), ("https://x.example", False), ("postgresql://u@db/mlflow", False),
-     ("databricks", False), ("databricks://profile", False)],
+    [
+        ("sqlite:///mlflow.db", True),
+        ("mlruns", True),
+        ("file:///tmp/mlruns", True),
+        ("C:\\mlruns", True),
+        ("http://mlflow.internal:5000", False),
+        ("https://x.example", False),
+        ("postgresql://u@db/mlflow", False),
+        ("databricks", False),
+        ("databricks://profile", False),
+    ],
 )
 def test_local_stores_are_recognised(uri: str, local: bool) -> None:
     assert is_local_store(uri) is local

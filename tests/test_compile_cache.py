@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from evals.errors import EvalsWarning
 from evals.harness import compile_cache
 from evals.harness.compile_cache import CompileEvent, compile_key, entry_path, get_or_compile, read_entry
-from evals.errors import EvalsWarning
 
 PARTS = {
     "program": "zero_shot",
@@ -74,10 +74,25 @@ class Compiler:
         return self.make()
 
 
-def cached(cache_dir: Path, compiler: Compiler, *, parts: dict[str, str] = PARTS, session_id: str = "s1",
-           recompile: bool = False, empty: Callable[[], Any] = FakeModule) -> tuple[Any, CompileEvent]:
-    return get_or_compile(cache_dir=cache_dir, program=PROGRAM, parts=parts, empty=empty, compile=compiler,
-                          count_lm_calls=lambda: compiler.lm_calls, session_id=session_id, recompile=recompile)
+def cached(
+    cache_dir: Path,
+    compiler: Compiler,
+    *,
+    parts: dict[str, str] = PARTS,
+    session_id: str = "s1",
+    recompile: bool = False,
+    empty: Callable[[], Any] = FakeModule,
+) -> tuple[Any, CompileEvent]:
+    return get_or_compile(
+        cache_dir=cache_dir,
+        program=PROGRAM,
+        parts=parts,
+        empty=empty,
+        compile=compiler,
+        count_lm_calls=lambda: compiler.lm_calls,
+        session_id=session_id,
+        recompile=recompile,
+    )
 
 
 # ----- the key -----
@@ -308,8 +323,15 @@ def _race_worker(cache_dir: str, log: str, out: str, barrier: Any) -> None:
         return FakeModule({"demos": ["raced"], "by": multiprocessing.current_process().name})
 
     barrier.wait(timeout=60)
-    module, event = get_or_compile(cache_dir=Path(cache_dir), program=PROGRAM, parts=PARTS, empty=FakeModule,
-                                   compile=slow_compile, count_lm_calls=lambda: 0, session_id="race")
+    module, event = get_or_compile(
+        cache_dir=Path(cache_dir),
+        program=PROGRAM,
+        parts=PARTS,
+        empty=FakeModule,
+        compile=slow_compile,
+        count_lm_calls=lambda: 0,
+        session_id="race",
+    )
     Path(out).write_text(json.dumps({"state": module.dump_state(), "action": event.action}))
 
 
@@ -318,8 +340,12 @@ def test_racing_processes_compile_exactly_once(tmp_path: Path) -> None:
     barrier = context.Barrier(3)
     log = tmp_path / "compiles.log"
     outs = [tmp_path / f"out-{i}.json" for i in range(3)]
-    processes = [context.Process(target=_race_worker, args=(str(tmp_path / "cache"), str(log), str(out), barrier),
-                                 name=f"racer-{i}") for i, out in enumerate(outs)]
+    processes = [
+        context.Process(
+            target=_race_worker, args=(str(tmp_path / "cache"), str(log), str(out), barrier), name=f"racer-{i}"
+        )
+        for i, out in enumerate(outs)
+    ]
     for process in processes:
         process.start()
     for process in processes:

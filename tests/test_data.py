@@ -29,7 +29,7 @@ from evals.data import (
 )
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from tests.conftest import SHARED_DATA, write_tiny_dataset
+from tests.conftest import SHARED_DATA
 
 REAL_DATA = SHARED_DATA
 TRAIN_ROWS, TEST_ROWS = 853, 212
@@ -146,7 +146,9 @@ def test_manifest_counts(real: SymptomDataset) -> None:
         assert entry["fingerprint"] == fingerprint(rows)
         assert entry["labels"] == dict(labels(rows))
         assert sum(entry["labels"].values()) == len(rows)
-    assert manifest["splits"]["test"]["labels"] == dict(Counter(r["output_text"] for r in raw_rows(REAL_DATA / "test.jsonl")))
+    assert manifest["splits"]["test"]["labels"] == dict(
+        Counter(r["output_text"] for r in raw_rows(REAL_DATA / "test.jsonl"))
+    )
     json.dumps(manifest)  # logged as a JSON artifact
 
 
@@ -368,7 +370,9 @@ def test_hub_path_validates_rows(offline_hub: None, tiny_data_dir: Path) -> None
     replace_field(tiny_data_dir, "test", 4, output_text="flu")
     with pytest.raises(ConfigError) as info:
         load_dataset(None, hub_id=str(tiny_data_dir), revision=HUB_REVISION)
-    assert str(info.value).startswith(f"{tiny_data_dir}@{HUB_REVISION[:12]}/test.jsonl:4: output_text: unknown diagnosis")
+    assert str(info.value).startswith(
+        f"{tiny_data_dir}@{HUB_REVISION[:12]}/test.jsonl:4: output_text: unknown diagnosis"
+    )
 
 
 def test_unreachable_hub_id_is_one_line(offline_hub: None) -> None:

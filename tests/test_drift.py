@@ -12,6 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evals.config.policies import DriftPolicy, parse_drift_policy
+from evals.errors import ConfigError
+from evals.labels import DIAGNOSES
+from evals.records import ExampleRecord
 from evals.stats.drift import (
     assess,
     churn,
@@ -20,17 +23,13 @@ from evals.stats.drift import (
     label_shift,
     lm_fingerprint,
 )
-from evals.errors import ConfigError
-from evals.labels import DIAGNOSES
-from evals.records import ExampleRecord
 
 N, K = 212, len(DIAGNOSES)
 
 
 def records(predictions: Sequence[str | None], start: int = 0) -> list[ExampleRecord]:
     """One record per prediction, ids ``test-<start + i>``, gold always the first label."""
-    return [ExampleRecord("knn", f"test-{start + i:04d}", "", DIAGNOSES[0], p, 1.0)
-            for i, p in enumerate(predictions)]
+    return [ExampleRecord("knn", f"test-{start + i:04d}", "", DIAGNOSES[0], p, 1.0) for i, p in enumerate(predictions)]
 
 
 # --- control band ----------------------------------------------------------------------------
@@ -84,14 +83,11 @@ def test_churn_needs_shared_ids_and_unique_ones() -> None:
         churn(records(["allergy"]) * 2, records(["allergy"]))
 
 
-_RUNS = st.dictionaries(
-    st.integers(0, 30), st.one_of(st.none(), st.sampled_from(DIAGNOSES)), min_size=1
-)
+_RUNS = st.dictionaries(st.integers(0, 30), st.one_of(st.none(), st.sampled_from(DIAGNOSES)), min_size=1)
 
 
 def _from_dict(predictions: dict[int, str | None]) -> list[ExampleRecord]:
-    return [ExampleRecord("knn", f"test-{i:04d}", "", DIAGNOSES[0], p, 1.0)
-            for i, p in predictions.items()]
+    return [ExampleRecord("knn", f"test-{i:04d}", "", DIAGNOSES[0], p, 1.0) for i, p in predictions.items()]
 
 
 @given(_RUNS, _RUNS)
@@ -132,8 +128,7 @@ def test_moving_half_the_predictions_to_one_label_is_a_shift() -> None:
 def test_two_draws_of_one_distribution_mostly_are_not() -> None:
     rng = np.random.default_rng(1)
     p = _typical_distribution()
-    alarms = sum(label_shift(records(_draw(rng, p)), records(_draw(rng, p)))[1] < 0.01
-                 for _ in range(200))
+    alarms = sum(label_shift(records(_draw(rng, p)), records(_draw(rng, p)))[1] < 0.01 for _ in range(200))
     assert alarms <= 8  # 1% expected; a few more as the chi-square is approximate
 
 
@@ -161,8 +156,11 @@ def test_lm_fingerprint_is_sha256_of_canonical_json() -> None:
     spec = {"model": "smollm2-135m", "temperature": "0"}
     digest = lm_fingerprint(spec, "0.3.9", ["migraine", "allergy"])
     canonical = json.dumps(
-        {"backend_version": "0.3.9", "probe_answers": ["migraine", "allergy"],
-         "spec_params": spec}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        {"backend_version": "0.3.9", "probe_answers": ["migraine", "allergy"], "spec_params": spec},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     assert digest == hashlib.sha256(canonical.encode()).hexdigest()
     assert digest == lm_fingerprint(dict(reversed(spec.items())), "0.3.9", ["migraine", "allergy"])
     assert digest != lm_fingerprint(spec, "0.3.9", ["allergy", "migraine"])
@@ -171,8 +169,12 @@ def test_lm_fingerprint_is_sha256_of_canonical_json() -> None:
 
 @pytest.mark.parametrize(
     ("lm", "program", "cause"),
-    [(True, False, "model drift"), (False, True, "program drift"), (True, True, "both"),
-     (False, False, "data or noise")],
+    [
+        (True, False, "model drift"),
+        (False, True, "program drift"),
+        (True, True, "both"),
+        (False, False, "data or noise"),
+    ],
 )
 def test_classify_drift(lm: bool, program: bool, cause: str) -> None:
     assert classify_drift(lm, program) == cause
@@ -219,8 +221,7 @@ def test_program_change_is_named() -> None:
     before, now = records(["allergy"] * 50), records(["migraine"] * 50)
     report = assess(now, before, [], 0.0, "lm", "lm", "p2", "p1")
     assert report.cause == "program drift"
-    assert all(line.endswith("likely cause: program drift (the program hash changed)")
-               for line in report.alarms())
+    assert all(line.endswith("likely cause: program drift (the program hash changed)") for line in report.alarms())
 
 
 # --- policy parsing --------------------------------------------------------------------------
@@ -238,13 +239,13 @@ def test_drift_policy_defaults_and_values() -> None:
     [
         ({"band_k": 0}, "t.yaml: drift.band_k: expected a positive number, found 0"),
         ({"min_history": 1}, "t.yaml: drift.min_history: expected a whole number >= 2, found 1"),
-        ({"max_churn": "10%"}, "t.yaml: drift.max_churn: expected a number between 0 and 1, "
-                               "found '10%' (a string)"),
+        ({"max_churn": "10%"}, "t.yaml: drift.max_churn: expected a number between 0 and 1, found '10%' (a string)"),
         ({"alpha": 0}, "t.yaml: drift.alpha: expected a number strictly between 0 and 1, found 0"),
-        ({"window": 2}, "t.yaml: drift.window: expected a whole number >= min_history (3), "
-                        "found 2"),
-        ({"windows": 2}, "t.yaml: drift.windows: unknown key 'windows'; allowed: band_k, "
-                         "min_history, max_churn, alpha, window"),
+        ({"window": 2}, "t.yaml: drift.window: expected a whole number >= min_history (3), found 2"),
+        (
+            {"windows": 2},
+            "t.yaml: drift.windows: unknown key 'windows'; allowed: band_k, min_history, max_churn, alpha, window",
+        ),
     ],
 )
 def test_drift_policy_errors(raw: dict[str, object], message: str) -> None:

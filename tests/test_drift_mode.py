@@ -15,8 +15,9 @@ def test_drift_mode_reports_band_and_churn_and_fails_on_drift(
 
     steady = run(eval_project, "-n 2 --evals-drift --evals-no-regression")
     assert steady.ret == 0, steady.stdout.str()
-    steady.stdout.fnmatch_lines(["*Drift against recent sessions*", "*zero_shot*accuracy*0.5*ok*",
-                                 "*zero_shot*churn*0.0*ok*"])
+    steady.stdout.fnmatch_lines(
+        ["*Drift against recent sessions*", "*zero_shot*accuracy*0.5*ok*", "*zero_shot*churn*0.0*ok*"]
+    )
 
     monkeypatch.setenv("EVALS_TEST_WEAKEN", "1")
     drifted = run(eval_project, "--evals-drift --evals-no-regression")

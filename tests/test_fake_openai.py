@@ -22,6 +22,7 @@ from dspy.utils.exceptions import (
 )
 
 from evals.labels import DIAGNOSES
+from programs.signatures import Diagnose
 from tests.fake_openai import (
     FakeOpenAI,
     answer_content,
@@ -30,7 +31,6 @@ from tests.fake_openai import (
     get_json,
     requested_fields,
 )
-from programs.signatures import Diagnose
 
 # LiteLLM would fetch its model cost map from the network at first use (the plugin sets this too).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
@@ -40,8 +40,9 @@ ENGINES = ["auto", "litellm"]
 
 
 def make_lm(server: FakeOpenAI, engine: str = "auto", model: str = "fake", **kwargs: Any) -> dspy.LM:
-    return dspy.LM(f"openai/{model}", api_base=server.base_url, api_key="x", cache=False, num_retries=0,
-                   engine=engine, **kwargs)
+    return dspy.LM(
+        f"openai/{model}", api_base=server.base_url, api_key="x", cache=False, num_retries=0, engine=engine, **kwargs
+    )
 
 
 def diagnose(lm: dspy.LM, symptoms: str, adapter: Any = None, program: type = dspy.Predict) -> dspy.Prediction:
@@ -51,8 +52,9 @@ def diagnose(lm: dspy.LM, symptoms: str, adapter: Any = None, program: type = ds
 
 def post(server_url: str, body: dict[str, Any], timeout: float | None = 10.0) -> tuple[int, dict[str, str], bytes]:
     """A raw chat completion: status, headers and body, whatever the status."""
-    request = urllib.request.Request(f"{server_url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{server_url}/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
@@ -66,8 +68,9 @@ PLAIN = {"model": "fake", "messages": MESSAGES}
 
 @pytest.mark.parametrize("adapter", [dspy.JSONAdapter, dspy.ChatAdapter])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_predict_answers_the_first_label_named_in_the_symptoms(fake_openai: FakeOpenAI, engine: str,
-                                                               adapter: type) -> None:
+def test_predict_answers_the_first_label_named_in_the_symptoms(
+    fake_openai: FakeOpenAI, engine: str, adapter: type
+) -> None:
     lm = make_lm(fake_openai, engine)
     assert diagnose(lm, "Itchy scaly patches; my aunt had Psoriasis too.", adapter()).diagnosis == "psoriasis"
     assert diagnose(lm, "I feel tired all day", adapter()).diagnosis == "allergy"  # no label named: the default
@@ -90,15 +93,30 @@ def test_chain_of_thought_gets_every_field_of_the_response_schema(fake_openai: F
 
 
 def test_answer_follows_the_schema_then_the_prompt() -> None:
-    schema = {"properties": {"diagnosis": {"$ref": "#/$defs/Diagnosis"}, "confidence": {"type": "number"},
-                             "urgent": {"type": "boolean"}, "notes": {"type": "string"}},
-              "$defs": {"Diagnosis": {"enum": list(DIAGNOSES), "type": "string"}}}
-    body = {"messages": [{"role": "user", "content": "x"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}}
+    schema = {
+        "properties": {
+            "diagnosis": {"$ref": "#/$defs/Diagnosis"},
+            "confidence": {"type": "number"},
+            "urgent": {"type": "boolean"},
+            "notes": {"type": "string"},
+        },
+        "$defs": {"Diagnosis": {"enum": list(DIAGNOSES), "type": "string"}},
+    }
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}},
+    }
     assert json.loads(answer_content(body, "migraine")) == {
-        "diagnosis": "migraine", "confidence": 0.0, "urgent": False, "notes": "The symptoms name migraine."}
+        "diagnosis": "migraine",
+        "confidence": 0.0,
+        "urgent": False,
+        "notes": "The symptoms name migraine.",
+    }
     # No schema, no system message: the fields come from the "Respond with" sentence of the last user message.
-    prompt = "[[ ## symptoms ## ]]\nx\n\nRespond with a JSON object in the following order of fields: `why`, then `diagnosis`."
+    prompt = (
+        "[[ ## symptoms ## ]]\nx\n\n"
+        "Respond with a JSON object in the following order of fields: `why`, then `diagnosis`."
+    )
     chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}]}
     assert list(requested_fields(chat)) == ["why", "diagnosis"]
     assert json.loads(answer_content(chat, "typhoid"))["diagnosis"] == "typhoid"
@@ -108,10 +126,16 @@ def test_answer_follows_the_schema_then_the_prompt() -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sixteen_threads_overlap_on_the_server(fake_openai: FakeOpenAI, engine: str) -> None:
     fake_openai.latency = 0.3
-    devset = [dspy.Example(symptoms=f"case {i}: {label}?", diagnosis=label).with_inputs("symptoms")
-              for i, label in enumerate(DIAGNOSES[:16])]
-    evaluate = dspy.Evaluate(devset=devset, metric=lambda example, pred, trace=None: example.diagnosis == pred.diagnosis,
-                             num_threads=16, display_progress=False)
+    devset = [
+        dspy.Example(symptoms=f"case {i}: {label}?", diagnosis=label).with_inputs("symptoms")
+        for i, label in enumerate(DIAGNOSES[:16])
+    ]
+    evaluate = dspy.Evaluate(
+        devset=devset,
+        metric=lambda example, pred, trace=None: example.diagnosis == pred.diagnosis,
+        num_threads=16,
+        display_progress=False,
+    )
     with dspy.context(lm=make_lm(fake_openai, engine), adapter=dspy.JSONAdapter()):
         started = time.perf_counter()
         result = evaluate(dspy.Predict(Diagnose))
@@ -172,8 +196,11 @@ def test_stream_is_server_sent_events_the_openai_client_reads(fake_openai: FakeO
     whole = client.chat.completions.create(model="fake", messages=MESSAGES)
     assert whole.choices[0].message.content == "jaundice"
     assert whole.usage is not None and whole.usage.total_tokens > 0
-    chunks = list(client.chat.completions.create(model="fake", messages=MESSAGES, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="fake", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "jaundice"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0

@@ -12,7 +12,7 @@ from evals.labels import DIAGNOSES
 from tests.conftest import KEYWORD_CONFTEST
 from tests.test_plugin import XDIST, bundles, run
 
-CRASHING_SUITE = '''
+CRASHING_SUITE = """
 import os
 import pytest
 
@@ -24,7 +24,7 @@ def test_diagnosis(evals_program, diagnosis, evals_evaluate):
     outcome = evals_evaluate(evals_program, diagnosis)
     if outcome.failure:
         pytest.fail(outcome.failure, pytrace=False)
-'''
+"""
 
 
 @pytest.fixture
@@ -81,7 +81,9 @@ def test_lm_down_from_the_start_is_one_stop_line_and_what_was_gathered_is_writte
 
     assert result.ret == pytest.ExitCode.INTERRUPTED
     output = result.stdout.str() + result.stderr.str()
-    stop = "*Interrupted: LM * is unavailable (connection refused): *connection refused by the fake LM; check --evals-lm *"
+    stop = (
+        "*Interrupted: LM * is unavailable (connection refused): *connection refused by the fake LM; check --evals-lm *"
+    )
     result.stdout.fnmatch_lines([stop])
     assert output.count("is unavailable") == 1, output
     assert "Traceback" not in output
@@ -97,9 +99,7 @@ def test_lm_down_from_the_start_is_one_stop_line_and_what_was_gathered_is_writte
 
 
 @XDIST
-def test_an_empty_dataset_file_is_one_line_once(
-    fault_project: pytest.Pytester, tmp_path: Path, xdist: str
-) -> None:
+def test_an_empty_dataset_file_is_one_line_once(fault_project: pytest.Pytester, tmp_path: Path, xdist: str) -> None:
     test_file = tmp_path / "data" / "test.jsonl"
     test_file.write_text("\n   \n\t\n")
 
@@ -127,7 +127,9 @@ def test_a_label_missing_from_the_sample_is_a_skipped_test(fault_project: pytest
 
 
 # The LM hangs on the texts naming EVALS_TEST_TIMEOUT_ON and the client gives up: a time-out, not "down".
-TIMING_OUT_CONFTEST = KEYWORD_CONFTEST + '''
+TIMING_OUT_CONFTEST = (
+    KEYWORD_CONFTEST
+    + """
 
 _answer = KeywordEngine.complete
 
@@ -140,7 +142,8 @@ def _answer_or_time_out(self, request):
 
 
 KeywordEngine.complete = _answer_or_time_out
-'''
+"""
+)
 
 
 def test_an_lm_hanging_on_the_first_example_is_recorded_and_the_session_goes_on(
@@ -160,8 +163,9 @@ def test_an_lm_hanging_on_the_first_example_is_recorded_and_the_session_goes_on(
     timed_out = [row for row in rows if row["gold"] == DIAGNOSES[0]]
     assert len(timed_out) == 2
     for row in timed_out:
-        assert row["error"].endswith("read timed out waiting for headers: no bytes for 1s; raise --evals-timeout "
-                                     "if the LM needs longer per call")
+        assert row["error"].endswith(
+            "read timed out waiting for headers: no bytes for 1s; raise --evals-timeout if the LM needs longer per call"
+        )
         # 1st attempt, 0.5 s wait, 2nd attempt; a 3rd (1 s wait + up to 1 s) could not end within 2 s.
         assert row["attempts"] == "2"
         assert float(row["latency_ms"]) >= 500

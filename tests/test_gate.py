@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evals.config.thresholds import ProgramThresholds, RecallThresholds
 from evals.gates.thresholds import Check, check_program, describe, diagnosis_failure, failed_checks, verdict
 from evals.labels import DIAGNOSES, slug
 from evals.stats.metrics import DiagnosisMetrics, ProgramMetrics
-from evals.config.thresholds import ProgramThresholds, RecallThresholds
 
 
 def make_metrics(
@@ -168,17 +168,13 @@ def test_describe(check: Check, line: str) -> None:
 def test_describe_notes_unenforced_failures() -> None:
     check = Check("zero_shot", "recall.dengue", 0.0, 0.2, "min", enforced=False, support=3)
     expected = "zero_shot: recall 0.00 < floor 0.20 for 'dengue' (n=3)"
-    assert describe(check, min_support=5) == (
-        f"{expected} (not enforced: support 3 < min_support 5)"
-    )
+    assert describe(check, min_support=5) == (f"{expected} (not enforced: support 3 < min_support 5)")
     assert describe(check) == f"{expected} (not enforced: support 3 < min_support)"
 
 
 def test_describe_adds_no_note_to_unenforced_passes() -> None:
     check = Check("zero_shot", "recall.dengue", 1.0, 0.2, "min", enforced=False, support=3)
-    assert describe(check, min_support=5) == (
-        "zero_shot: recall 1.00 >= floor 0.20 for 'dengue' (n=3)"
-    )
+    assert describe(check, min_support=5) == ("zero_shot: recall 1.00 >= floor 0.20 for 'dengue' (n=3)")
 
 
 # --- diagnosis_failure ----------------------------------------------------------------------
@@ -250,12 +246,9 @@ def test_verdict_is_json_and_fails_on_enforced_failures_only() -> None:
         "enforced": False,
         "support": 3,
         "passed": False,
-        "message": "zero_shot: recall 0.00 < floor 0.20 for 'dengue' (n=3) "
-        "(not enforced: support 3 < min_support 5)",
+        "message": "zero_shot: recall 0.00 < floor 0.20 for 'dengue' (n=3) (not enforced: support 3 < min_support 5)",
     }
-    assert result["programs"]["knn_few_shot"]["checks"][0]["message"] == (
-        "knn_few_shot: accuracy 0.25 < min 0.30"
-    )
+    assert result["programs"]["knn_few_shot"]["checks"][0]["message"] == ("knn_few_shot: accuracy 0.25 < min 0.30")
 
 
 def test_verdict_passes_when_every_program_passes() -> None:

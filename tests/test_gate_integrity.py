@@ -22,8 +22,13 @@ from tests.test_plugin import bundles, parent_runs, run
 
 @pytest.mark.parametrize(
     ("statuses", "overall"),
-    [(("pass", "unavailable", "fail"), "fail"), (("pass", "unavailable", "no champion"), "unavailable"),
-     (("pass", "no champion"), "pass"), (("no champion", "skipped"), "none"), ((), "none")],
+    [
+        (("pass", "unavailable", "fail"), "fail"),
+        (("pass", "unavailable", "no champion"), "unavailable"),
+        (("pass", "no champion"), "pass"),
+        (("no champion", "skipped"), "none"),
+        ((), "none"),
+    ],
 )
 def test_the_overall_status_never_lets_unavailable_read_as_pass(statuses: tuple[str, ...], overall: str) -> None:
     outcome = RegressionOutcome(programs={f"p{i}": ProgramGate(s, f"why {s}") for i, s in enumerate(statuses)})  # type: ignore[arg-type]
@@ -32,12 +37,19 @@ def test_the_overall_status_never_lets_unavailable_read_as_pass(statuses: tuple[
 
 
 def test_unavailable_is_tagged_with_reason_and_policy_and_shown_where_people_look() -> None:
-    outcome = RegressionOutcome(programs={"knn": ProgramGate("unavailable", "MLflow at http://x unreachable: no answer"),
-                                          "zero_shot": ProgramGate("no champion", "No champion yet for zero_shot")},
-                                on_unavailable="warn", warnings=["the tracking store is a local file"])
-    assert outcome.tags() == {"evals.regression": "unavailable",
-                              "evals.regression.reason": "MLflow at http://x unreachable: no answer",
-                              "evals.regression.on_unavailable": "warn"}
+    outcome = RegressionOutcome(
+        programs={
+            "knn": ProgramGate("unavailable", "MLflow at http://x unreachable: no answer"),
+            "zero_shot": ProgramGate("no champion", "No champion yet for zero_shot"),
+        },
+        on_unavailable="warn",
+        warnings=["the tracking store is a local file"],
+    )
+    assert outcome.tags() == {
+        "evals.regression": "unavailable",
+        "evals.regression.reason": "MLflow at http://x unreachable: no answer",
+        "evals.regression.on_unavailable": "warn",
+    }
     markdown = gate_markdown(outcome)
     assert markdown.startswith("### Regression gate: unavailable")
     assert "> [!WARNING]\n> the tracking store is a local file" in markdown
@@ -75,8 +87,12 @@ def test_unreachable_champion_in_ci_fails_the_session_and_stays_failed_after_syn
     result = run(eval_project, "--evals-trigger ci", f"--evals-tracking-uri {dead}")
 
     assert result.ret == 1, result.stdout.str()
-    result.stdout.fnmatch_lines([f"ERROR: regression gate could not run: MLflow at {dead} unreachable: *"
-                                 "(zero_shot; regression.on_unavailable: fail)"])
+    result.stdout.fnmatch_lines(
+        [
+            f"ERROR: regression gate could not run: MLflow at {dead} unreachable: *"
+            "(zero_shot; regression.on_unavailable: fail)"
+        ]
+    )
     tags = session_json(eval_project)["tags"]
     assert (tags["evals.regression"], tags["evals.verdict"]) == ("unavailable", "fail")
     assert "unreachable" in tags["evals.regression.reason"]
@@ -96,8 +112,12 @@ def test_unreachable_champion_locally_warns_but_the_session_cannot_be_promoted(
     result = run(eval_project, "--evals-trigger local", f"--evals-tracking-uri {dead}")
 
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["WARNING: regression gate could not run: MLflow at * unreachable: *"
-                                 "(zero_shot; regression.on_unavailable: warn); the session cannot be promoted"])
+    result.stdout.fnmatch_lines(
+        [
+            "WARNING: regression gate could not run: MLflow at * unreachable: *"
+            "(zero_shot; regression.on_unavailable: warn); the session cannot be promoted"
+        ]
+    )
     assert "ERROR: regression gate" not in result.stdout.str()
     tags = session_json(eval_project)["tags"]
     assert (tags["evals.regression"], tags["evals.verdict"]) == ("unavailable", "pass")
@@ -126,12 +146,18 @@ def test_no_champion_is_its_own_line_and_a_local_store_in_ci_is_warned_about(
     result = run(eval_project, "--evals-trigger ci")
 
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines([
-        "No champion yet for zero_shot (registered as symptom-diagnosis.zero_shot): nothing to compare; "
-        "promote a session to create one",
-    ])
-    result.stdout.fnmatch_lines(["WARNING: the tracking store sqlite:///* is a local file: on an ephemeral CI runner "
-                                 "it cannot keep a champion between runs*persistent `mlflow server`"])
+    result.stdout.fnmatch_lines(
+        [
+            "No champion yet for zero_shot (registered as symptom-diagnosis.zero_shot): nothing to compare; "
+            "promote a session to create one",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "WARNING: the tracking store sqlite:///* is a local file: on an ephemeral CI runner "
+            "it cannot keep a champion between runs*persistent `mlflow server`"
+        ]
+    )
     job_summary = summary.read_text()
     assert "### Regression gate: none" in job_summary
     assert "> [!WARNING]" in job_summary and "cannot keep a champion between runs" in job_summary
@@ -153,12 +179,14 @@ def test_a_comparison_too_weak_for_max_detectable_drop_is_not_promoted(eval_proj
 
     assert result.ret == 0, result.stdout.str()  # too weak is no regression
     out = result.stdout.str()
-    result.stdout.fnmatch_lines([
-        "regression gate for zero_shot: pass against version 1 (run *) on n=22; it catches a true accuracy drop "
-        "of 0.* or more with 80% power",
-        "*promotion refused for session *: zero_shot: comparison too weak: on n=22 it could only see accuracy "
-        "drops of ≥ 0.*, thresholds require 0.10 (regression.max_detectable_drop)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "regression gate for zero_shot: pass against version 1 (run *) on n=22; it catches a true accuracy drop "
+            "of 0.* or more with 80% power",
+            "*promotion refused for session *: zero_shot: comparison too weak: on n=22 it could only see accuracy "
+            "drops of ≥ 0.*, thresholds require 0.10 (regression.max_detectable_drop)",
+        ]
+    )
     assert "WARNING: zero_shot: comparison too weak" in out
     assert "promoted symptom-diagnosis.zero_shot version 1 -> 2" not in out
     result.stdout.fnmatch_lines(["*Regression against the champion*", "*detectable*", "*zero_shot*accuracy*0.*"])

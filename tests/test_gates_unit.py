@@ -51,8 +51,10 @@ def test_an_unavailable_lookup_fails_in_ci_and_warns_locally(tmp_path: Path) -> 
 
     assert in_ci.status == local.status == "unavailable"
     assert in_ci.on_unavailable == "fail" and local.on_unavailable == "warn"
-    assert in_ci.error_lines == ["regression gate could not run: MLflow at http://x unreachable: connection refused "
-                                 "(knn; regression.on_unavailable: fail)"]
+    assert in_ci.error_lines == [
+        "regression gate could not run: MLflow at http://x unreachable: connection refused "
+        "(knn; regression.on_unavailable: fail)"
+    ]
     assert local.error_lines == [] and local.notes[0].endswith("the session cannot be promoted")
 
 
@@ -99,8 +101,9 @@ def _stability_item(program: str, stable: bool) -> dict:
 
 def test_robustness_floors_are_checked_without_writing_anything(tmp_path: Path) -> None:
     items = (_stability_item("knn", True), _stability_item("knn", False))
-    context = make_context(tmp_path, [], stability=items,
-                           thresholds={"version": 1, "robustness": {"min_stability": 0.9}})
+    context = make_context(
+        tmp_path, [], stability=items, thresholds={"version": 1, "robustness": {"min_stability": 0.9}}
+    )
 
     outcome = check_robustness(context)
 

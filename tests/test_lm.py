@@ -12,8 +12,8 @@ import pytest
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
 from evals.lm.chat import json_schema as _json_schema
-from evals.lm.llama import _options
 from evals.lm.files import SMOLLM2_FILE, smollm2_path
+from evals.lm.llama import _options
 from evals.lm.spec import (
     KNOWN_FORMS,
     LMSpec,
@@ -22,8 +22,11 @@ from evals.lm.spec import (
     worker_threads,
 )
 
-SCHEMA = {"type": "object", "properties": {"diagnosis": {"type": "string", "enum": list(DIAGNOSES)}},
-          "required": ["diagnosis"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"diagnosis": {"type": "string", "enum": list(DIAGNOSES)}},
+    "required": ["diagnosis"],
+}
 
 
 @pytest.fixture
@@ -87,8 +90,9 @@ def test_mlx_smollm2() -> None:
 
 def test_provider_model_with_api_base() -> None:
     spec = parse_lm_spec("openai/gpt-4o-mini", api_base="http://localhost:8000/v1", timeout_s=30)
-    assert spec == LMSpec("litellm", "openai/gpt-4o-mini", "openai/gpt-4o-mini", api_base="http://localhost:8000/v1",
-                          timeout_s=30)
+    assert spec == LMSpec(
+        "litellm", "openai/gpt-4o-mini", "openai/gpt-4o-mini", api_base="http://localhost:8000/v1", timeout_s=30
+    )
 
 
 def test_a_provider_lm_does_not_retry_inside_the_harness_retries() -> None:
@@ -100,8 +104,11 @@ def test_a_provider_lm_does_not_retry_inside_the_harness_retries() -> None:
 @pytest.mark.parametrize(
     ("spec", "reason", "hint"),
     [
-        ({"api_base": "http://localhost:8000/v1"}, "connection refused",
-         "is a server listening at --evals-lm-api-base http://localhost:8000/v1?"),
+        (
+            {"api_base": "http://localhost:8000/v1"},
+            "connection refused",
+            "is a server listening at --evals-lm-api-base http://localhost:8000/v1?",
+        ),
         ({}, "unknown host", "check --evals-lm openai/gpt-4o-mini and the network"),
         ({}, "credentials refused", "check the API key (OPENAI_API_KEY) for --evals-lm openai/gpt-4o-mini"),
     ],
@@ -177,8 +184,9 @@ def test_cache_key_of_remote_models() -> None:
     assert parse_lm_spec("mlx:smollm2").cache_key() != parse_lm_spec("mlx:other").cache_key()
 
 
-@pytest.mark.parametrize(("workers", "cores", "expected"),
-                         [(1, 8, 8), (2, 8, 4), (3, 8, 2), (16, 8, 1), (0, 8, 8), (2, 1, 1)])
+@pytest.mark.parametrize(
+    ("workers", "cores", "expected"), [(1, 8, 8), (2, 8, 4), (3, 8, 2), (16, 8, 1), (0, 8, 8), (2, 1, 1)]
+)
 def test_worker_threads(workers: int, cores: int, expected: int) -> None:
     assert worker_threads(workers, cores) == expected
 
@@ -215,8 +223,14 @@ def config(**values: Any) -> SimpleNamespace:
 
 
 def test_options_turn_a_schema_into_a_grammar() -> None:
-    options = _options(config(response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}},
-                              temperature=0.2, max_tokens=50, stop=("\n\n",)))
+    options = _options(
+        config(
+            response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}},
+            temperature=0.2,
+            max_tokens=50,
+            stop=("\n\n",),
+        )
+    )
     assert options["grammar"] is not None and "response_format" not in options
     assert (options["temperature"], options["max_tokens"], options["stop"]) == (0.2, 50, ["\n\n"])
     assert _options(config(response_format={"type": "json_object"}))["response_format"] == {"type": "json_object"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +19,12 @@ def test_workers_share_one_mlx_server(pytester: pytest.Pytester) -> None:
     (pytester.path / "thresholds.yaml").write_text(THRESHOLDS)
     cache = pytester.path / "cache"
 
-    result = run(pytester, f"-n 2 --evals-lm mlx:smollm2 --evals-lm-server --evals-data-dir {tiny_data_dir} "
-                 f"--evals-programs zero_shot --evals-per-diagnosis 1 -k allergy --evals-no-mlflow "
-                 f"--evals-cache-dir {cache} --evals-max-tokens 16")
+    result = run(
+        pytester,
+        f"-n 2 --evals-lm mlx:smollm2 --evals-lm-server --evals-data-dir {tiny_data_dir} "
+        f"--evals-programs zero_shot --evals-per-diagnosis 1 -k allergy --evals-no-mlflow "
+        f"--evals-cache-dir {cache} --evals-max-tokens 16",
+    )
 
     result.assert_outcomes(passed=1)
     session = json.loads(bundles(pytester)[-1].read_text())

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evals.labels import DIAGNOSES
+from evals.records import ExampleRecord
 from evals.stats.metrics import (
     INVALID,
     ProgramMetrics,
@@ -18,7 +19,6 @@ from evals.stats.metrics import (
     metrics_to_dict,
     worst_diagnoses,
 )
-from evals.records import ExampleRecord
 
 ALLERGY, DENGUE, MIGRAINE = "allergy", "dengue", "migraine"
 
@@ -87,7 +87,11 @@ def test_known_case_per_diagnosis(known: ProgramMetrics) -> None:
     assert (migraine.precision, migraine.recall) == pytest.approx((0.5, 1.0))
     assert migraine.f1 == pytest.approx(2 / 3)
     assert (dengue.support, dengue.predicted, dengue.precision, dengue.recall, dengue.f1) == (
-        1, 0, 0.0, 0.0, 0.0,
+        1,
+        0,
+        0.0,
+        0.0,
+        0.0,
     )
     assert list(known.per_diagnosis) == list(DIAGNOSES)
 
@@ -100,7 +104,10 @@ def test_unsupported_diagnosis_is_all_zero_even_when_predicted() -> None:
     m = aggregate([rec("a", 1, ALLERGY, MIGRAINE)])["a"]
     migraine = m.per_diagnosis[MIGRAINE]
     assert (migraine.support, migraine.predicted, migraine.precision, migraine.recall) == (
-        0, 1, 0.0, 0.0,
+        0,
+        1,
+        0.0,
+        0.0,
     )
     assert m.macro_f1 == 0.0
 
@@ -146,11 +153,18 @@ def test_no_records_no_programs() -> None:
 def test_flat_metrics_names_and_values(known: ProgramMetrics) -> None:
     flat = flat_metrics(known)
     headline = {
-        "n", "accuracy", "macro_f1", "invalid_rate", "error_rate", "latency_p50_ms",
-        "latency_p95_ms", "latency_max_ms", "prompt_tokens", "completion_tokens",
+        "n",
+        "accuracy",
+        "macro_f1",
+        "invalid_rate",
+        "error_rate",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_max_ms",
+        "prompt_tokens",
+        "completion_tokens",
     }
-    per_label = {f"{k}.{d}" for k in ("recall", "precision", "f1", "support")
-                 for d in (ALLERGY, DENGUE, MIGRAINE)}
+    per_label = {f"{k}.{d}" for k in ("recall", "precision", "f1", "support") for d in (ALLERGY, DENGUE, MIGRAINE)}
     assert set(flat) == headline | per_label
     assert flat["n"] == 5.0
     assert flat["recall.allergy"] == pytest.approx(1 / 3)
@@ -203,9 +217,7 @@ records_strategy = st.lists(_record_fields, min_size=1, max_size=60).map(
 
 @settings(max_examples=60, deadline=None)
 @given(records=records_strategy, data=st.data())
-def test_aggregate_is_invariant_under_shuffling(
-    records: list[ExampleRecord], data: st.DataObject
-) -> None:
+def test_aggregate_is_invariant_under_shuffling(records: list[ExampleRecord], data: st.DataObject) -> None:
     shuffled = data.draw(st.permutations(records))
     assert aggregate(shuffled) == aggregate(records)
 

@@ -39,28 +39,34 @@ def llama_cpp_permute(weights: np.ndarray, n_head: int, n_head_kv: int | None = 
     """``LlamaModel.permute`` from llama.cpp's convert_hf_to_gguf.py, verbatim in numpy."""
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 # --- pure functions ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("gguf", "hf"), [
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("token_embd.scales", "model.embed_tokens.scales"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-    ("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight"),
-    ("blk.7.attn_k.biases", "model.layers.7.self_attn.k_proj.biases"),
-    ("blk.12.attn_v.scales", "model.layers.12.self_attn.v_proj.scales"),
-    ("blk.29.attn_output.weight", "model.layers.29.self_attn.o_proj.weight"),
-    ("blk.3.ffn_gate.weight", "model.layers.3.mlp.gate_proj.weight"),
-    ("blk.3.ffn_up.weight", "model.layers.3.mlp.up_proj.weight"),
-    ("blk.3.ffn_down.weight", "model.layers.3.mlp.down_proj.weight"),
-    ("blk.3.attn_norm.weight", "model.layers.3.input_layernorm.weight"),
-    ("blk.3.ffn_norm.weight", "model.layers.3.post_attention_layernorm.weight"),
-])
+
+@pytest.mark.parametrize(
+    ("gguf", "hf"),
+    [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("token_embd.scales", "model.embed_tokens.scales"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+        ("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight"),
+        ("blk.7.attn_k.biases", "model.layers.7.self_attn.k_proj.biases"),
+        ("blk.12.attn_v.scales", "model.layers.12.self_attn.v_proj.scales"),
+        ("blk.29.attn_output.weight", "model.layers.29.self_attn.o_proj.weight"),
+        ("blk.3.ffn_gate.weight", "model.layers.3.mlp.gate_proj.weight"),
+        ("blk.3.ffn_up.weight", "model.layers.3.mlp.up_proj.weight"),
+        ("blk.3.ffn_down.weight", "model.layers.3.mlp.down_proj.weight"),
+        ("blk.3.attn_norm.weight", "model.layers.3.input_layernorm.weight"),
+        ("blk.3.ffn_norm.weight", "model.layers.3.post_attention_layernorm.weight"),
+    ],
+)
 def test_hf_name_maps_llama_cpp_names(gguf: str, hf: str) -> None:
     assert hf_name(gguf) == hf
 
@@ -100,8 +106,11 @@ def test_unpermute_rejects_rows_that_do_not_split_into_heads() -> None:
 
 def test_translate_weights_unpermutes_q_with_n_head_and_k_with_n_head_kv() -> None:
     q, k, v = np.arange(8).reshape(8, 1), np.arange(4).reshape(4, 1), np.arange(4).reshape(4, 1)
-    weights = {"blk.0.attn_q.weight": llama_cpp_permute(q, 2), "blk.0.attn_k.weight": llama_cpp_permute(k, 2, 1),
-               "blk.0.attn_v.weight": v}
+    weights = {
+        "blk.0.attn_q.weight": llama_cpp_permute(q, 2),
+        "blk.0.attn_k.weight": llama_cpp_permute(k, 2, 1),
+        "blk.0.attn_v.weight": v,
+    }
     out = translate_weights(weights, n_head=2, n_head_kv=1)
     assert np.array_equal(out["model.layers.0.self_attn.q_proj.weight"], q)
     assert np.array_equal(out["model.layers.0.self_attn.k_proj.weight"], k)
@@ -112,16 +121,25 @@ def test_quantization_names_layers_whose_bits_differ() -> None:
     def layer(rows: int, columns: int, bits: int) -> dict[str, np.ndarray]:
         return {"weight": np.zeros((rows, columns * bits // 32)), "scales": np.zeros((rows, columns // 32))}
 
-    weights = {f"{name}.{kind}": array
-               for name, arrays in [("model.embed_tokens", layer(10, 64, 8)), ("a", layer(4, 64, 4)), ("b", layer(4, 64, 4))]
-               for kind, array in arrays.items()}
-    assert _quantization(weights) == {"group_size": 32, "bits": 4, "mode": "affine",
-                                      "model.embed_tokens": {"group_size": 32, "bits": 8}}
+    weights = {
+        f"{name}.{kind}": array
+        for name, arrays in [("model.embed_tokens", layer(10, 64, 8)), ("a", layer(4, 64, 4)), ("b", layer(4, 64, 4))]
+        for kind, array in arrays.items()
+    }
+    assert _quantization(weights) == {
+        "group_size": 32,
+        "bits": 4,
+        "mode": "affine",
+        "model.embed_tokens": {"group_size": 32, "bits": 8},
+    }
     assert _quantization({"model.norm.weight": np.zeros(4)}) is None
 
 
 def _schema(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object", "properties": properties}}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "out", "schema": {"type": "object", "properties": properties}},
+    }
 
 
 def test_enum_constraint_reads_a_single_string_enum() -> None:
@@ -130,14 +148,17 @@ def test_enum_constraint_reads_a_single_string_enum() -> None:
     assert constraint.completions() == ['{"diagnosis": "allergy"}', '{"diagnosis": "common cold"}']
 
 
-@pytest.mark.parametrize("response_format", [
-    None,
-    {"type": "json_object"},
-    _schema({"diagnosis": {"type": "string"}}),
-    _schema({"a": {"enum": ["x"]}, "b": {"enum": ["y"]}}),
-    _schema({"n": {"type": "integer", "enum": [1, 2]}}),
-    _schema({"n": "not a schema"}),
-])
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        None,
+        {"type": "json_object"},
+        _schema({"diagnosis": {"type": "string"}}),
+        _schema({"a": {"enum": ["x"]}, "b": {"enum": ["y"]}}),
+        _schema({"n": {"type": "integer", "enum": [1, 2]}}),
+        _schema({"n": "not a schema"}),
+    ],
+)
 def test_enum_constraint_is_none_for_other_formats(response_format: Any) -> None:
     assert enum_constraint(response_format) is None
 
@@ -179,6 +200,7 @@ def test_from_target_turns_a_load_failure_into_config_error(monkeypatch: pytest.
 
 # --- the real model ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     from evals.lm.spec import smollm2_path
@@ -215,9 +237,18 @@ def llama(smollm2_gguf: Path) -> Any:
 def test_convert_writes_a_llama_config_from_the_metadata(mlx_dir: Path) -> None:
     assert is_complete(mlx_dir)
     config = json.loads((mlx_dir / "config.json").read_text())
-    expected = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
-                "num_key_value_heads": 3, "rope_theta": 100000.0, "vocab_size": 49152, "tie_word_embeddings": True,
-                "rope_traditional": False, "eos_token_id": 2}
+    expected = {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "rope_theta": 100000.0,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "rope_traditional": False,
+        "eos_token_id": 2,
+    }
     assert {key: config[key] for key in expected} == expected
     assert config["rms_norm_eps"] == pytest.approx(1e-5)
     assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
@@ -241,8 +272,9 @@ def test_tokenizer_matches_llama_cpp(engine: MLXEngine, llama: Any) -> None:
     _, tokenizer = engine.load()
     texts = ["Hello world 12345, it's   don't\n\n  naïve 🤖", '{"diagnosis": "urinary tract infection"}']
     for text in texts:
-        assert tokenizer.encode(text, add_special_tokens=False) == llama.tokenize(text.encode(), add_bos=False,
-                                                                                    special=True)
+        assert tokenizer.encode(text, add_special_tokens=False) == llama.tokenize(
+            text.encode(), add_bos=False, special=True
+        )
     chat = prompt_tokens(tokenizer, [{"role": "user", "content": "I sneeze a lot."}])
     rendered = tokenizer.decode(chat)
     assert rendered.endswith("<|im_start|>assistant\n")

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from evals.harness.compile_cache import compile_key
-from evals.errors import ConfigError
-from tests.conftest import DUMMY_CONFTEST
 from evals.config.optimizers import OptimizerConfig, load_setup, split_name
+from evals.errors import ConfigError
+from evals.harness.compile_cache import compile_key
 from evals.harness.optimize import (
     REFLECTION_MAX_TOKENS,
     compile_program,
@@ -23,6 +22,7 @@ from evals.harness.optimize import (
 )
 from programs.registry import OPTIMIZERS_FILE as CONFIG_FILE
 from programs.registry import PROGRAMS
+from tests.conftest import DUMMY_CONFTEST
 
 XDIST = pytest.mark.parametrize("xdist", ["", "-n 2"], ids=["no-xdist", "xdist-2"])
 
@@ -35,7 +35,13 @@ def test_the_real_optimizers_file_loads() -> None:
     assert setup.source == str(CONFIG_FILE)
     assert len(setup.optimizers) == 7
     assert {c.cls for c in setup.optimizers.values()} == {
-        "LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot", "MIPROv2", "GEPA"}
+        "LabeledFewShot",
+        "BootstrapFewShot",
+        "BootstrapFewShotWithRandomSearch",
+        "KNNFewShot",
+        "MIPROv2",
+        "GEPA",
+    }
     assert setup.evaluate
     for pair in setup.evaluate:
         base, optimizer = split_name(pair)
@@ -196,11 +202,15 @@ def test_fingerprint_follows_everything_that_changes_the_compile() -> None:
     fingerprints = {base.fingerprint(), *(v.fingerprint() for v in variants)}
 
     assert len(fingerprints) == 1 + len(variants)
-    assert base.fingerprint() == OptimizerConfig("boot", "BootstrapFewShot", {"max_bootstrapped_demos": 2},
-                                                 {}, 1, None).fingerprint()
+    assert (
+        base.fingerprint()
+        == OptimizerConfig("boot", "BootstrapFewShot", {"max_bootstrapped_demos": 2}, {}, 1, None).fingerprint()
+    )
     # The valset matters only to optimizers that take one.
-    assert base.fingerprint() == OptimizerConfig("boot", "BootstrapFewShot", {"max_bootstrapped_demos": 2},
-                                                 {}, 1, 3).fingerprint()
+    assert (
+        base.fingerprint()
+        == OptimizerConfig("boot", "BootstrapFewShot", {"max_bootstrapped_demos": 2}, {}, 1, 3).fingerprint()
+    )
     search = OptimizerConfig("rs", "BootstrapFewShotWithRandomSearch", {}, {}, 1, 1)
     assert search.fingerprint() != OptimizerConfig("rs", "BootstrapFewShotWithRandomSearch", {}, {}, 1, 2).fingerprint()
 
@@ -304,8 +314,13 @@ def _instruction_following_lm(gold: dict[str, str]) -> Any:
                 else:
                     answer[name] = MAGIC if "instruction" in name else "scripted"
             text = self.owner._format_answer_fields(answer)
-            return Response(id=None, model="dummy", message=Message.assistant([TextPart(text)]), finish_reason="stop",
-                            usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0))
+            return Response(
+                id=None,
+                model="dummy",
+                message=Message.assistant([TextPart(text)]),
+                finish_reason="stop",
+                usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0),
+            )
 
     class InstructionFollowingLM(DummyLM):
         def __init__(self) -> None:
@@ -325,7 +340,11 @@ def _prompts(lm: Any) -> list[str]:
 
 
 def _compile_on(lm: Any, config: OptimizerConfig, data_dir: Path) -> tuple[Any, Any, list[Any]]:
-    """Compile zero_shot with ``config`` on ``lm``; return it, its JSON state loaded into a fresh student, the test set."""
+    """Compile zero_shot with ``config`` on ``lm``.
+
+    Returns:
+        The compiled program, its JSON state loaded into a fresh student, and the test set.
+    """
     import dspy
 
     from evals.scoring import diagnosis_match
@@ -379,8 +398,9 @@ def test_gepa_reflects_with_the_configured_reflection_lm(tiny_data_dir: Path, mo
     session_lm, reflection = _instruction_following_lm(gold), _instruction_following_lm(gold)
     built: list[Any] = []
     monkeypatch.setattr(evals.lm.spec, "build_lm", lambda spec, **kwargs: built.append(spec) or reflection)
-    config = OptimizerConfig("g", "GEPA", {"max_metric_calls": 60, "num_threads": 1, "reflection_lm": "smollm2"},
-                             {}, 1, 1)
+    config = OptimizerConfig(
+        "g", "GEPA", {"max_metric_calls": 60, "num_threads": 1, "reflection_lm": "smollm2"}, {}, 1, 1
+    )
 
     compiled, _, test = _compile_on(session_lm, config, tiny_data_dir)
 
@@ -435,8 +455,8 @@ def test_feedback_metric_scores_and_explains() -> None:
 
 
 def _session(tmp_path: Path, **cli: str) -> Any:
-    from evals.harness.resources import Harness
     from evals.config.settings import resolve
+    from evals.harness.resources import Harness
 
     fake = tmp_path / "fake.gguf"
     fake.write_text("not a model")
@@ -469,8 +489,9 @@ def test_compile_parts_follow_data_lm_and_config(tmp_path: Path, tiny_data_dir: 
     base = _session(tmp_path).compile_parts(spec, config, trainset, [])
 
     hotter = _session(tmp_path, evals_temperature="0.5").compile_parts(spec, config, trainset, [])
-    other_k = _session(tmp_path).compile_parts(spec, OptimizerConfig("labeled", "LabeledFewShot", {"k": 3}, {}, 1),
-                                                trainset, [])
+    other_k = _session(tmp_path).compile_parts(
+        spec, OptimizerConfig("labeled", "LabeledFewShot", {"k": 3}, {}, 1), trainset, []
+    )
     edited = trainset[:-1] + [trainset[-1].copy(symptoms=trainset[-1].symptoms + " edited")]
     other_data = _session(tmp_path).compile_parts(spec, config, edited, [])
 
@@ -491,6 +512,7 @@ evaluate: [zero_shot+labeled, zero_shot+knn]
 PAIRS = ("zero_shot+labeled", "zero_shot+knn")
 PROGRAMS_ARG = "--evals-programs " + ",".join(PAIRS)
 
+
 def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
     return project.runpytest_subprocess(*[a for arg in args for a in arg.split()], "-p", "no:cacheprovider")
 
@@ -507,12 +529,15 @@ def cache_project(eval_project: pytest.Pytester) -> pytest.Pytester:
     fake = project.path / "fake.gguf"
     fake.write_text("not a model")
     ini = project.path / "tox.ini"
-    ini.write_text(ini.read_text() + textwrap.dedent(f"""
+    ini.write_text(
+        ini.read_text()
+        + textwrap.dedent(f"""
         evals_optimizers = optimizers.yaml
         evals_lm = llamacpp:{fake}
         evals_per_diagnosis = 1
         evals_no_mlflow = true
-        """))
+        """)
+    )
     project.makeconftest(DUMMY_CONFTEST)
     return project
 
@@ -526,8 +551,9 @@ def latest_session(project: pytest.Pytester) -> dict[str, Any]:
 def compile_summary(project: pytest.Pytester) -> dict[str, tuple[str, str]]:
     """``{pair: (compile.count, compile.action)}`` of the latest session."""
     programs = latest_session(project)["programs"]
-    return {name: (programs[name]["params"]["compile.count"], programs[name]["params"]["compile.action"])
-            for name in PAIRS}
+    return {
+        name: (programs[name]["params"]["compile.count"], programs[name]["params"]["compile.action"]) for name in PAIRS
+    }
 
 
 def run_ok(project: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -633,8 +659,10 @@ def test_corrupt_cache_entry_warns_and_recompiles(cache_project: pytest.Pytester
 
     assert compile_summary(cache_project) == {"zero_shot+labeled": COMPILED, "zero_shot+knn": LOADED}
     result.stdout.fnmatch_lines(["*EvalsWarning*unusable*"])
-    assert json.loads(entries[0].read_text())["key"] == latest_session(cache_project)["programs"][
-        "zero_shot+labeled"]["params"]["compile.key"]
+    assert (
+        json.loads(entries[0].read_text())["key"]
+        == latest_session(cache_project)["programs"]["zero_shot+labeled"]["params"]["compile.key"]
+    )
 
 
 def test_compiled_programs_use_the_evals_lm_fixture(cache_project: pytest.Pytester) -> None:

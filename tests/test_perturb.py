@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evals.errors import ConfigError
-from tests.conftest import SHARED_DATA
 from evals.labels import DIAGNOSES
 from evals.stats.perturb import (
     FILLER_PREFIXES,
@@ -44,6 +43,7 @@ from evals.stats.robustness import (
     save_cases,
     stability,
 )
+from tests.conftest import SHARED_DATA
 
 REAL_TEST = SHARED_DATA / "test.jsonl"
 FALLBACK_TEXTS = (

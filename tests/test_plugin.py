@@ -73,8 +73,10 @@ def test_xdist_and_single_process_aggregate_identically(eval_project: pytest.Pyt
     assert first["session_id"] != second["session_id"]
     assert first["params"]["xdist.workers"] == "1" and second["params"]["xdist.workers"] == "2"
     # Everything but wall-clock latency must be identical.
-    metrics = [{k: v for k, v in s["programs"]["zero_shot"]["metrics"].items() if not k.startswith("latency")}
-               for s in (first, second)]
+    metrics = [
+        {k: v for k, v in s["programs"]["zero_shot"]["metrics"].items() if not k.startswith("latency")}
+        for s in (first, second)
+    ]
     assert metrics[0] == metrics[1]
     assert metrics[0]["accuracy"] == 0.5 and len(metrics[0]) > 80
 
@@ -109,8 +111,10 @@ def test_diagnosis_floor_fails_inside_the_parametrized_test(eval_project: pytest
     ("edit", "message"),
     [
         ("version: 1\nprograms: [", "ERROR: *thresholds.yaml: line *not valid YAML*"),
-        ("version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 1.5\n",
-         "ERROR: *thresholds.yaml: programs.zero_shot.min_accuracy: expected a number between 0 and 1, found 1.5"),
+        (
+            "version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 1.5\n",
+            "ERROR: *thresholds.yaml: programs.zero_shot.min_accuracy: expected a number between 0 and 1, found 1.5",
+        ),
         ("version: 1\nprograms:\n  knn:\n    min_accuracy: 0.1\n", "ERROR: *unknown program 'knn'*"),
     ],
     ids=["not-yaml", "out-of-range", "unknown-program"],
@@ -157,7 +161,10 @@ def test_unreachable_mlflow_spools_the_session_and_sync_uploads_it_once(
     for _ in range(2):
         synced = subprocess.run(
             [sys.executable, "-m", "evals", "sync", "--spool", str(spool), "--tracking-uri", store],
-            capture_output=True, text=True, cwd=eval_project.path, timeout=300,
+            capture_output=True,
+            text=True,
+            cwd=eval_project.path,
+            timeout=300,
         )
         assert synced.returncode == 0, synced.stdout + synced.stderr
     parents, _ = store_runs(store)

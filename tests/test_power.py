@@ -12,15 +12,15 @@ import math
 import numpy as np
 import pytest
 
+from evals.config.policies import RegressionPolicy, parse_regression_policy
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
+from evals.records import ExampleRecord
 from evals.stats.power import (
     detection_probability,
     discordance_estimate,
     minimum_detectable_drop,
 )
-from evals.records import ExampleRecord
-from evals.config.policies import RegressionPolicy, parse_regression_policy
 from evals.stats.regression import compare
 
 K = len(DIAGNOSES)
@@ -28,13 +28,17 @@ POLICY = RegressionPolicy(bootstrap_samples=100)
 
 
 def records(right: np.ndarray) -> list[ExampleRecord]:
-    return [ExampleRecord("knn", f"test-{i:04d}", "", DIAGNOSES[i % K],
-                          DIAGNOSES[i % K] if ok else DIAGNOSES[(i + 1) % K], 1.0)
-            for i, ok in enumerate(right)]
+    return [
+        ExampleRecord(
+            "knn", f"test-{i:04d}", "", DIAGNOSES[i % K], DIAGNOSES[i % K] if ok else DIAGNOSES[(i + 1) % K], 1.0
+        )
+        for i, ok in enumerate(right)
+    ]
 
 
-def simulated_detection_rate(n: int, drop: float, discordance: float, trials: int, seed: int,
-                             policy: RegressionPolicy = POLICY) -> float:
+def simulated_detection_rate(
+    n: int, drop: float, discordance: float, trials: int, seed: int, policy: RegressionPolicy = POLICY
+) -> float:
     """Share of simulated champion/candidate pairs whose accuracy ``compare`` calls a regression.
 
     Per example: a true loss with probability ``drop`` and noise flips either way with
@@ -98,7 +102,8 @@ def test_a_comparison_states_its_power_and_whether_it_is_too_weak() -> None:
     assert result.min_detectable_drop == minimum_detectable_drop(n, 5 / 22, 0.05, 0.02)
     assert result.too_weak() == (
         f"knn: comparison too weak: on n=22 it could only see accuracy drops of ≥ {result.min_detectable_drop:.2f}, "
-        "thresholds require 0.10 (regression.max_detectable_drop)")
+        "thresholds require 0.10 (regression.max_detectable_drop)"
+    )
     assert "minimum detectable drop" in result.to_markdown()
     assert compare(candidate, champion, RegressionPolicy(bootstrap_samples=100)).too_weak() is None
 
@@ -118,14 +123,22 @@ def test_policy_keys_for_unavailable_and_power() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"on_unavailable": "ignore"}, "t.yaml: regression.on_unavailable: expected 'fail' or 'warn', "
-                                       "found 'ignore' (a string)"),
-        ({"max_detectable_drop": 0}, "t.yaml: regression.max_detectable_drop: expected a number above 0 and "
-                                     "at most 1, found 0"),
-        ({"max_detectable_drop": "10%"}, "t.yaml: regression.max_detectable_drop: expected a number above 0 "
-                                         "and at most 1, found '10%' (a string)"),
-        ({"max_detectable_drop": 0.05, "max_drop": 0.05}, "t.yaml: regression.max_detectable_drop: expected a "
-                                                          "number above max_drop (0.05) and at most 1, found 0.05"),
+        (
+            {"on_unavailable": "ignore"},
+            "t.yaml: regression.on_unavailable: expected 'fail' or 'warn', found 'ignore' (a string)",
+        ),
+        (
+            {"max_detectable_drop": 0},
+            "t.yaml: regression.max_detectable_drop: expected a number above 0 and at most 1, found 0",
+        ),
+        (
+            {"max_detectable_drop": "10%"},
+            "t.yaml: regression.max_detectable_drop: expected a number above 0 and at most 1, found '10%' (a string)",
+        ),
+        (
+            {"max_detectable_drop": 0.05, "max_drop": 0.05},
+            "t.yaml: regression.max_detectable_drop: expected a number above max_drop (0.05) and at most 1, found 0.05",
+        ),
     ],
 )
 def test_bad_policy_values_are_one_line_errors(raw: dict[str, object], message: str) -> None:

@@ -57,8 +57,10 @@ def demos_sent(lm: DummyLM) -> list[tuple[str, str]]:
     users, answers = turns[0::2], turns[1::2]
     assert [m["role"] for m in users] == ["user"] * len(users)
     assert [m["role"] for m in answers] == ["assistant"] * len(answers)
-    return [(field_value(u["content"], "symptoms"), re.search(r'"diagnosis": "([^"]+)"', a["content"]).group(1))
-            for u, a in zip(users, answers, strict=True)]
+    return [
+        (field_value(u["content"], "symptoms"), re.search(r'"diagnosis": "([^"]+)"', a["content"]).group(1))
+        for u, a in zip(users, answers, strict=True)
+    ]
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -161,15 +163,16 @@ def test_tfidf_logreg_is_the_one_reference_program() -> None:
     assert reference_programs(PROGRAMS) == ["tfidf_logreg"]
     assert get_program("tfidf_logreg").reference
     assert not any(get_program(name).reference for name in LM_PROGRAMS)
-    extra = ProgramSpec("other_reference", "another baseline", lambda trainset: TfidfLogRegProgram(trainset),
-                        reference=True)
+    extra = ProgramSpec(
+        "other_reference", "another baseline", lambda trainset: TfidfLogRegProgram(trainset), reference=True
+    )
     assert reference_programs({**PROGRAMS, extra.name: extra}) == ["tfidf_logreg", "other_reference"]
     assert reference_programs({"zero_shot": PROGRAMS["zero_shot"]}) == []
 
 
 def test_default_selection_includes_the_reference(tmp_path: Path) -> None:
-    from evals.harness.resources import Harness
     from evals.config.settings import resolve
+    from evals.harness.resources import Harness
 
     session = Harness(resolve({}, {}, {}, tmp_path))
 
@@ -204,8 +207,9 @@ def test_reference_state_round_trips_through_json() -> None:
     program = get_program("tfidf_logreg").build(trainset())
     state = json.loads(json.dumps(program.dump_state()))
     # Loaded into a program built from other examples, it answers as the original does.
-    other = get_program("tfidf_logreg").build([dspy.Example(symptoms=f"text {i}", diagnosis=label)
-                                               for i, label in enumerate(("allergy", "dengue"))])
+    other = get_program("tfidf_logreg").build(
+        [dspy.Example(symptoms=f"text {i}", diagnosis=label) for i, label in enumerate(("allergy", "dengue"))]
+    )
     queries = ["itchy red rash on my arms", "fever with chills every other day", "dark urine and yellow eyes"]
     assert [other(symptoms=q).diagnosis for q in queries] != [program(symptoms=q).diagnosis for q in queries]
 
@@ -245,8 +249,9 @@ def test_reference_accuracy_on_the_tiny_dataset(tiny_data_dir: Path) -> None:
     from evals.harness.runner import run_examples
 
     data = load_dataset(tiny_data_dir)
-    train = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms")
-             for e in data.split("train")]
+    train = [
+        dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms") for e in data.split("train")
+    ]
     program = get_program("tfidf_logreg").build(train)
 
     records = run_examples(program, "tfidf_logreg", data.split("test"))

@@ -64,9 +64,7 @@ def test_default_redactor_keeps_real_looking_symptom_sentences(sentence: str) ->
     assert Redactor.default().text(sentence) == sentence
 
 
-_WORDS = st.sampled_from(
-    ["fever", "for", "days", "degrees", "mg", "pain", "since", "weeks", "and", "cough", "kg"]
-)
+_WORDS = st.sampled_from(["fever", "for", "days", "degrees", "mg", "pain", "since", "weeks", "and", "cough", "kg"])
 _SMALL_NUMBERS = st.one_of(
     st.integers(0, 9999).map(str),
     st.builds(lambda a, b: f"{a}.{b}", st.integers(0, 999), st.integers(0, 9)),

@@ -11,11 +11,11 @@ from scipy.stats import binom
 from sklearn.metrics import f1_score
 from statsmodels.stats.proportion import proportion_confint
 
+from evals.config.policies import RegressionPolicy, parse_regression_policy
 from evals.errors import ConfigError
 from evals.labels import DIAGNOSES
-from evals.stats.metrics import aggregate
 from evals.records import ExampleRecord
-from evals.config.policies import RegressionPolicy, parse_regression_policy
+from evals.stats.metrics import aggregate
 from evals.stats.regression import (
     Comparison,
     ComparisonRefused,
@@ -33,12 +33,15 @@ def record(i: int, gold: str, predicted: str | None, program: str = "knn") -> Ex
     return ExampleRecord(program, f"test-{i:04d}", "", gold, predicted, 1.0)
 
 
-def session(gold: Sequence[int], right: Sequence[bool], wrong: Sequence[int] | None = None,
-            program: str = "knn") -> list[ExampleRecord]:
+def session(
+    gold: Sequence[int], right: Sequence[bool], wrong: Sequence[int] | None = None, program: str = "knn"
+) -> list[ExampleRecord]:
     """Records whose answer is the gold label where ``right``, else ``wrong`` (or the next)."""
     wrong = wrong if wrong is not None else [(g + 1) % K for g in gold]
-    return [record(i, DIAGNOSES[g], DIAGNOSES[g] if ok else DIAGNOSES[w], program)
-            for i, (g, ok, w) in enumerate(zip(gold, right, wrong))]
+    return [
+        record(i, DIAGNOSES[g], DIAGNOSES[g] if ok else DIAGNOSES[w], program)
+        for i, (g, ok, w) in enumerate(zip(gold, right, wrong))
+    ]
 
 
 # --- hand-checkable cases -------------------------------------------------------------------
@@ -111,8 +114,10 @@ def _random_runs(seed: int, n: int = N) -> tuple[list[ExampleRecord], list[Examp
         right = rng.random(n) < 0.6
         labels = np.where(right, gold, rng.integers(0, K, n))
         invalid = rng.random(n) < 0.05
-        return [record(i, DIAGNOSES[g], None if bad else DIAGNOSES[p])
-                for i, (g, p, bad) in enumerate(zip(gold, labels, invalid))]
+        return [
+            record(i, DIAGNOSES[g], None if bad else DIAGNOSES[p])
+            for i, (g, p, bad) in enumerate(zip(gold, labels, invalid))
+        ]
 
     return run(), run()
 
@@ -131,8 +136,10 @@ def test_vectorised_macro_f1_matches_sklearn_on_resamples() -> None:
     rng = np.random.default_rng(5)
     gold, predicted = rng.integers(0, K, 60), rng.integers(0, K + 1, 60)  # K means invalid
     samples = rng.integers(0, 60, size=(20, 60))
-    expected = [f1_score(gold[row], predicted[row], labels=np.unique(gold[row]),
-                         average="macro", zero_division=0) for row in samples]
+    expected = [
+        f1_score(gold[row], predicted[row], labels=np.unique(gold[row]), average="macro", zero_division=0)
+        for row in samples
+    ]
     assert macro_f1(gold, predicted, samples) == pytest.approx(expected)
 
 
@@ -164,9 +171,13 @@ def test_recall_drop_is_flagged_with_wilson_bounds() -> None:
     assert allergy.candidate_ci == pytest.approx((low, high))
     assert allergy.metric == "recall.allergy" and allergy.verdict == "regression"
     assert high < 1.0 - 0.2
-    assert any(line.startswith("knn: recall of 'allergy' 1.000 → 0.400 (n=10, candidate 95% "
-                               "Wilson upper bound 0.687 < 1.000 − 0.200) is a regression")
-               for line in result.regressions())
+    assert any(
+        line.startswith(
+            "knn: recall of 'allergy' 1.000 → 0.400 (n=10, candidate 95% "
+            "Wilson upper bound 0.687 < 1.000 − 0.200) is a regression"
+        )
+        for line in result.regressions()
+    )
     assert allergy.ci_low < allergy.delta < allergy.ci_high  # Newcombe interval
 
 
@@ -218,17 +229,26 @@ def test_pairing_ignores_order() -> None:
 @pytest.mark.parametrize(
     ("candidate", "champion", "error", "match"),
     [
-        ([record(1, "allergy", "allergy")], [record(1, "migraine", "allergy")],
-         ComparisonRefused, "another gold label"),
+        (
+            [record(1, "allergy", "allergy")],
+            [record(1, "migraine", "allergy")],
+            ComparisonRefused,
+            "another gold label",
+        ),
         ([record(1, "allergy", None)] * 2, [record(1, "allergy", None)], ValueError, "duplicate"),
-        ([record(1, "allergy", None), record(2, "allergy", None, program="zero_shot")],
-         [record(1, "allergy", None)], ValueError, "several programs"),
+        (
+            [record(1, "allergy", None), record(2, "allergy", None, program="zero_shot")],
+            [record(1, "allergy", None)],
+            ValueError,
+            "several programs",
+        ),
         ([record(1, "allergy", "flu")], [record(1, "allergy", None)], ValueError, "unknown"),
         ([], [], ComparisonRefused, "no example id in common"),
     ],
 )
-def test_bad_inputs(candidate: list[ExampleRecord], champion: list[ExampleRecord],
-                    error: type[Exception], match: str) -> None:
+def test_bad_inputs(
+    candidate: list[ExampleRecord], champion: list[ExampleRecord], error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         compare(candidate, champion, RegressionPolicy(on_mismatch="intersect"))
 
@@ -241,8 +261,17 @@ def test_rows_and_markdown() -> None:
     result = compare(session(gold, [i >= 20 for i in range(44)]), session(gold, [True] * 44))
     rows = result.as_rows()
     assert [row["metric"] for row in rows[:3]] == ["accuracy", "macro_f1", "recall.allergy"]
-    assert set(rows[0]) == {"metric", "champion", "candidate", "delta", "ci_low", "ci_high",
-                            "p_value", "verdict", "support"}
+    assert set(rows[0]) == {
+        "metric",
+        "champion",
+        "candidate",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "verdict",
+        "support",
+    }
     assert rows[0]["verdict"] == "regression" and rows[1]["p_value"] is None
     assert rows[2]["support"] == 2 and rows[2]["verdict"] == "report only"
     markdown = result.to_markdown()
@@ -258,9 +287,7 @@ def test_rows_and_markdown() -> None:
 def test_policy_defaults_and_values() -> None:
     assert parse_regression_policy(None, "t.yaml") == RegressionPolicy()
     assert parse_regression_policy({}, "t.yaml") == RegressionPolicy()
-    policy = parse_regression_policy(
-        {"alpha": 0.1, "max_drop": 0, "seed": 7, "on_mismatch": "intersect"}, "t.yaml"
-    )
+    policy = parse_regression_policy({"alpha": 0.1, "max_drop": 0, "seed": 7, "on_mismatch": "intersect"}, "t.yaml")
     assert policy == RegressionPolicy(alpha=0.1, max_drop=0.0, seed=7, on_mismatch="intersect")
     assert isinstance(policy.max_drop, float) and policy.confidence == "90%"
 
@@ -268,20 +295,24 @@ def test_policy_defaults_and_values() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"alpha": 1.5}, "t.yaml: regression.alpha: expected a number strictly between 0 and 1, "
-                         "found 1.5"),
-        ({"max_drop": True}, "t.yaml: regression.max_drop: expected a number between 0 and 1, "
-                             "found true (a boolean)"),
-        ({"bootstrap_samples": 10}, "t.yaml: regression.bootstrap_samples: expected a whole "
-                                    "number >= 100, found 10"),
-        ({"min_diagnosis_support": 2.5}, "t.yaml: regression.min_diagnosis_support: expected a "
-                                         "whole number >= 0, found 2.5"),
-        ({"on_mismatch": "skip"}, "t.yaml: regression.on_mismatch: expected 'refuse' or "
-                                  "'intersect', found 'skip' (a string)"),
-        ({"max_accuracy_drop": 0.1}, "t.yaml: regression.max_accuracy_drop: unknown key "
-                                     "'max_accuracy_drop'; allowed: alpha, max_drop, "
-                                     "max_diagnosis_drop, min_diagnosis_support, "
-                                     "bootstrap_samples, seed, on_mismatch"),
+        ({"alpha": 1.5}, "t.yaml: regression.alpha: expected a number strictly between 0 and 1, found 1.5"),
+        ({"max_drop": True}, "t.yaml: regression.max_drop: expected a number between 0 and 1, found true (a boolean)"),
+        ({"bootstrap_samples": 10}, "t.yaml: regression.bootstrap_samples: expected a whole number >= 100, found 10"),
+        (
+            {"min_diagnosis_support": 2.5},
+            "t.yaml: regression.min_diagnosis_support: expected a whole number >= 0, found 2.5",
+        ),
+        (
+            {"on_mismatch": "skip"},
+            "t.yaml: regression.on_mismatch: expected 'refuse' or 'intersect', found 'skip' (a string)",
+        ),
+        (
+            {"max_accuracy_drop": 0.1},
+            "t.yaml: regression.max_accuracy_drop: unknown key "
+            "'max_accuracy_drop'; allowed: alpha, max_drop, "
+            "max_diagnosis_drop, min_diagnosis_support, "
+            "bootstrap_samples, seed, on_mismatch",
+        ),
         ([1], "t.yaml: regression: expected a mapping with keys alpha, "),
     ],
 )

@@ -18,9 +18,8 @@ from rich.console import Console
 
 from evals.gates.thresholds import Check
 from evals.labels import DIAGNOSES
-from evals.stats.metrics import ProgramMetrics, aggregate
-from evals.results.plots import confusion_png
 from evals.records import ExampleRecord
+from evals.results.plots import confusion_png
 from evals.results.report import (
     PREDICTION_COLUMNS,
     ReportContext,
@@ -31,6 +30,7 @@ from evals.results.report import (
     render_markdown,
     render_terminal,
 )
+from evals.stats.metrics import ProgramMetrics, aggregate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPT = "<script>alert('x')</script> itchy | rash"
@@ -49,8 +49,17 @@ def make_records(skill: dict[str, float], n: int = 120, seed: int = 0) -> list[E
             symptoms = SCRIPT if i == 1 else f"I have had symptom {i} for days"
             error = "no valid label" if predicted is None else None
             latency_ms = rng.uniform(200, 3000)
-            record = ExampleRecord(program, f"test-{i:04d}", symptoms, gold, predicted, latency_ms,
-                                   prompt_tokens=300, completion_tokens=12, error=error)
+            record = ExampleRecord(
+                program,
+                f"test-{i:04d}",
+                symptoms,
+                gold,
+                predicted,
+                latency_ms,
+                prompt_tokens=300,
+                completion_tokens=12,
+                error=error,
+            )
             records.append(record)
     return records
 
@@ -62,8 +71,15 @@ def make_checks(metrics: dict[str, ProgramMetrics]) -> dict[str, list[Check]]:
         checks[program] = [
             Check(program, "accuracy", m.accuracy, 0.6, "min"),
             Check(program, "latency_p95_ms", m.latency_p95_ms, 10_000.0, "max"),
-            Check(program, "recall.migraine", m.per_diagnosis["migraine"].recall, 1.01, "min",
-                  enforced=False, support=m.per_diagnosis["migraine"].support),
+            Check(
+                program,
+                "recall.migraine",
+                m.per_diagnosis["migraine"].recall,
+                1.01,
+                "min",
+                enforced=False,
+                support=m.per_diagnosis["migraine"].support,
+            ),
         ]
     return checks
 
@@ -85,8 +101,7 @@ def make_context(tmp_path: Path, **extra: Any) -> ReportContext:
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> ReportContext:
-    return make_context(tmp_path_factory.mktemp("report"), mlflow_hint="run abc123",
-                        html_path="out/report.html")
+    return make_context(tmp_path_factory.mktemp("report"), mlflow_hint="run abc123", html_path="out/report.html")
 
 
 def test_context_has_a_failing_and_a_passing_program(ctx: ReportContext) -> None:
@@ -119,9 +134,7 @@ def test_confusion_png_leaves_pyplot_alone(tmp_path: Path) -> None:
     """)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "MPLBACKEND": "TkAgg"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
 

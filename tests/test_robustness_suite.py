@@ -13,6 +13,7 @@ from tests.test_plugin import bundles, run
 
 SUITE = Path(__file__).parents[1] / "suites" / "test_robustness.py"
 
+
 @pytest.fixture
 def robustness_project(eval_project: pytest.Pytester) -> pytest.Pytester:
     eval_project.makeconftest(KEYWORD_CONFTEST)
@@ -39,8 +40,9 @@ def test_stability_is_measured_and_logged(robustness_project: pytest.Pytester, x
     assert "stability.by.change_case" in session["programs"]["zero_shot"]["metrics"]
 
 
-def test_garbage_answers_fail_and_are_saved_and_replayed(robustness_project: pytest.Pytester,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_garbage_answers_fail_and_are_saved_and_replayed(
+    robustness_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EVALS_TEST_GARBAGE", "1")
     result = run(robustness_project, "suites -m robustness -k migraine")
 

@@ -10,7 +10,6 @@ import pytest
 from dspy.utils.dummies import DummyLM
 
 from evals.data import Example
-from evals.records import ExampleRecord
 from evals.harness.runner import (
     MAX_ERROR_CHARS,
     RetryPolicy,
@@ -19,6 +18,7 @@ from evals.harness.runner import (
     run_examples,
     run_one,
 )
+from evals.records import ExampleRecord
 from programs.signatures import Diagnose
 
 EXAMPLES = (
@@ -45,8 +45,12 @@ class Sleeps:
 class Flaky:
     """A program that raises ``failures`` times per example, then answers ``answer``."""
 
-    def __init__(self, failures: int, answer: str | None = "allergy",
-                 error: Callable[[], Exception] = lambda: RuntimeError("LM exploded\nTraceback line two")) -> None:
+    def __init__(
+        self,
+        failures: int,
+        answer: str | None = "allergy",
+        error: Callable[[], Exception] = lambda: RuntimeError("LM exploded\nTraceback line two"),
+    ) -> None:
         self.failures, self.answer, self.error = failures, answer, error
         self.calls: dict[str, int] = {}
 
@@ -58,9 +62,11 @@ class Flaky:
 
 
 def test_records_from_dummy_lm() -> None:
-    answers = {EXAMPLES[0].symptoms: {"diagnosis": "allergy"},
-               EXAMPLES[1].symptoms: {"diagnosis": "migraine"},
-               EXAMPLES[2].symptoms: {"diagnosis": "dengue"}}
+    answers = {
+        EXAMPLES[0].symptoms: {"diagnosis": "allergy"},
+        EXAMPLES[1].symptoms: {"diagnosis": "migraine"},
+        EXAMPLES[2].symptoms: {"diagnosis": "dengue"},
+    }
     lm = DummyLM(answers, adapter=dspy.JSONAdapter())
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         records = run_examples(dspy.Predict(Diagnose), "zero_shot", EXAMPLES, sleep=Sleeps())
@@ -199,8 +205,13 @@ class FakeClock:
 class Slow:
     """A program whose every call takes ``seconds`` on the fake clock, then raises (or answers)."""
 
-    def __init__(self, clock: FakeClock, seconds: float, failures: int = 10**6,
-                 error: Callable[[], Exception] = lambda: TimeoutError("the LM did not answer in time")) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        seconds: float,
+        failures: int = 10**6,
+        error: Callable[[], Exception] = lambda: TimeoutError("the LM did not answer in time"),
+    ) -> None:
         self.clock, self.seconds, self.failures, self.error = clock, seconds, failures, error
         self.calls = 0
 
@@ -228,7 +239,9 @@ def test_budget_bounds_the_total_time_of_an_always_timing_out_lm() -> None:
     assert record.error.startswith("TimeoutError: the LM did not answer in time")
 
 
-@pytest.mark.parametrize(("budget", "timeout", "seconds"), [(300, 120, 120), (50, 10, 3), (1000, 60, 59.9), (30, 30, 30)])
+@pytest.mark.parametrize(
+    ("budget", "timeout", "seconds"), [(300, 120, 120), (50, 10, 3), (1000, 60, 59.9), (30, 30, 30)]
+)
 def test_total_time_never_exceeds_the_budget(budget: float, timeout: float, seconds: float) -> None:
     clock = FakeClock()
     record = run_timed(Slow(clock, seconds), clock, RetryPolicy(attempts=50, budget_s=budget, call_timeout_s=timeout))
@@ -278,8 +291,11 @@ def test_attempts_and_lm_down_round_trip() -> None:
     from evals.records import ExampleRecord
 
     clock = FakeClock()
-    record = run_timed(Slow(clock, 0.1, error=lambda: ConnectionRefusedError(111, "Connection refused")), clock,
-                       RetryPolicy(attempts=2, backoff_s=0))
+    record = run_timed(
+        Slow(clock, 0.1, error=lambda: ConnectionRefusedError(111, "Connection refused")),
+        clock,
+        RetryPolicy(attempts=2, backoff_s=0),
+    )
     assert (record.attempts, record.lm_down) == (2, "connection refused")
     assert ExampleRecord.from_dict(record.to_dict()) == record
     old = {k: v for k, v in record.to_dict().items() if k not in ("attempts", "lm_down")}
@@ -309,12 +325,19 @@ class APIStatusError(Exception):
     ("exc", "reason"),
     [
         (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
-        (chained(RuntimeError("Connection error."), ConnectionRefusedError(111, "Connection refused")),
-         "connection refused"),
+        (
+            chained(RuntimeError("Connection error."), ConnectionRefusedError(111, "Connection refused")),
+            "connection refused",
+        ),
         (OSError("[Errno 111] Connection refused"), "connection refused"),
         (socket.gaierror(-2, "Name or service not known"), "unknown host"),
-        (chained(RuntimeError("APIConnectionError: Connection error."),
-                 OSError("[Errno -3] Temporary failure in name resolution")), "unknown host"),
+        (
+            chained(
+                RuntimeError("APIConnectionError: Connection error."),
+                OSError("[Errno -3] Temporary failure in name resolution"),
+            ),
+            "unknown host",
+        ),
         (AuthenticationError("Incorrect API key provided"), "credentials refused"),
         (APIStatusError(401), "credentials refused"),
         (APIStatusError(403), "credentials refused"),
@@ -341,10 +364,18 @@ def test_a_time_out_names_the_cli_option_not_the_clients_setting() -> None:
     class LMTransportError(Exception):
         pass
 
-    exc = chained(LMTransportError("[openai/m] read timed out waiting for headers: no bytes for 2s; this is lm15's "
-                                   "read timeout, not a server failure — raise it with Timeouts(read=...) if the "
-                                   "model needs longer"), TimeoutError("timed out"))
-    assert error_line(exc) == f"LMTransportError: [openai/m] read timed out waiting for headers: no bytes for 2s{TIMEOUT_HINT}"
+    exc = chained(
+        LMTransportError(
+            "[openai/m] read timed out waiting for headers: no bytes for 2s; this is lm15's "
+            "read timeout, not a server failure — raise it with Timeouts(read=...) if the "
+            "model needs longer"
+        ),
+        TimeoutError("timed out"),
+    )
+    assert (
+        error_line(exc)
+        == f"LMTransportError: [openai/m] read timed out waiting for headers: no bytes for 2s{TIMEOUT_HINT}"
+    )
     assert "--evals-timeout" in TIMEOUT_HINT
     assert error_line(ValueError("bad json")) == "ValueError: bad json"
     assert len(error_line(TimeoutError("x" * 5000))) == MAX_ERROR_CHARS

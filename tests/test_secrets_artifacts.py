@@ -54,8 +54,10 @@ def plant(data_dir: Path) -> None:
             if row["output_text"] not in seen:
                 seen.add(row["output_text"])
                 other = DIAGNOSES[(DIAGNOSES.index(row["output_text"]) + 1) % len(DIAGNOSES)]
-                row["input_text"] = (f"Not {other}. My key {KEY} and token {GITHUB}; mail {EMAIL} or call {PHONE}."
-                                     f" Reference {ENV_SECRET}. " + row["input_text"])
+                row["input_text"] = (
+                    f"Not {other}. My key {KEY} and token {GITHUB}; mail {EMAIL} or call {PHONE}."
+                    f" Reference {ENV_SECRET}. " + row["input_text"]
+                )
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -85,10 +87,12 @@ def planted_project(eval_project: pytest.Pytester, tmp_path: Path, monkeypatch: 
     eval_project.makeconftest(KEYWORD_CONFTEST)
     (eval_project.path / "optimizers.yaml").write_text(textwrap.dedent(OPTIMIZERS))
     ini = eval_project.path / "tox.ini"
-    ini.write_text(ini.read_text().replace("evals_programs = zero_shot", "evals_programs = zero_shot,zero_shot+labeled")
-                   + "\nevals_optimizers = optimizers.yaml\n"
-                   + "evals_lm = openai/planted-model\n"
-                   + f"evals_lm_api_base = http://{LM_USER}:{LM_PASSWORD}@127.0.0.1:9/v1\n")
+    ini.write_text(
+        ini.read_text().replace("evals_programs = zero_shot", "evals_programs = zero_shot,zero_shot+labeled")
+        + "\nevals_optimizers = optimizers.yaml\n"
+        + "evals_lm = openai/planted-model\n"
+        + f"evals_lm_api_base = http://{LM_USER}:{LM_PASSWORD}@127.0.0.1:9/v1\n"
+    )
     return eval_project
 
 
@@ -97,16 +101,33 @@ def test_no_planted_secret_in_any_artifact_spool_store_or_output(planted_project
     dead = f"http://{TRACKING_USER}:{TRACKING_PASSWORD}@127.0.0.1:1"
     spooled = run(project, f"--evals-tracking-uri {dead}")
     live = run(project)
-    synced = subprocess.run([sys.executable, "-m", "evals", "sync", "--spool", ".evals/spool", "--tracking-uri",
-                             f"sqlite:///{project.path / 'mlflow.db'}"], cwd=project.path, capture_output=True,
-                            text=True, timeout=300, check=False)
+    synced = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evals",
+            "sync",
+            "--spool",
+            ".evals/spool",
+            "--tracking-uri",
+            f"sqlite:///{project.path / 'mlflow.db'}",
+        ],
+        cwd=project.path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "MLflow at http://127.0.0.1:1 unreachable" in spooled.stdout.str()  # said, without the credentials
     printed = spooled.stdout.str() + spooled.stderr.str() + live.stdout.str() + live.stderr.str()
     assert leaks(printed + synced.stdout + synced.stderr) == []
-    everything = {**scan(project.path / ".evals" / "reports"), **scan(project.path / ".evals" / "spool"),
-                  **scan(project.path / "mlartifacts")}
+    everything = {
+        **scan(project.path / ".evals" / "reports"),
+        **scan(project.path / ".evals" / "spool"),
+        **scan(project.path / "mlartifacts"),
+    }
     assert everything == {}
     assert leaks((project.path / "mlflow.db").read_bytes().decode("latin-1")) == []
     spool_meta = json.loads(next((project.path / ".evals" / "spool").rglob("spool.json")).read_text())
@@ -131,25 +152,35 @@ def test_no_planted_secret_in_any_artifact_spool_store_or_output(planted_project
 
 def test_secrets_helpers() -> None:
     assert mask_url_credentials("http://u:p@h:1/v1 and https://h/x?mail=a@b.org") == (
-        "http://***@h:1/v1 and https://h/x?mail=a@b.org")
+        "http://***@h:1/v1 and https://h/x?mail=a@b.org"
+    )
     assert mask_url_credentials("https://x-access-token:ghp_x@github.com/o/r.git") == "https://***@github.com/o/r.git"
     assert scrub({"lm.api_base": "http://u:pw@h/v1", "url": "sqlite:///mlflow.db"}, environ={}) == {
-        "lm.api_base": "http://***@h/v1", "url": "sqlite:///mlflow.db"}
+        "lm.api_base": "http://***@h/v1",
+        "url": "sqlite:///mlflow.db",
+    }
     # The compile-cache key is a hash, not a secret, whatever its name says.
     assert scrub({"compile.key": "69100601ee8c75a3b019", "lm.api_key": "69100601ee8c75a3b019"}, environ={}) == {
-        "compile.key": "69100601ee8c75a3b019", "lm.api_key": "***"}
-    text = ('{"api_key": "abc123defg456", "password": "hunter2hunter2"} Authorization: Bearer abcdefghijklmnopqrstu '
-            "AIzaSyA1234567890abcdefghijklmnopqrstuv "
-            "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----")
+        "compile.key": "69100601ee8c75a3b019",
+        "lm.api_key": "***",
+    }
+    text = (
+        '{"api_key": "abc123defg456", "password": "hunter2hunter2"} Authorization: Bearer abcdefghijklmnopqrstu '
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv "
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----"
+    )
     assert scrub_text(text, environ={}) == ('{"api_key": "***", "password": "***"} Authorization: *** *** ***')
 
 
-@pytest.mark.parametrize("text", [
-    "run 0123456789abcdef0123456789abcdef, commit 3f5e2a7c9d1b4e6f8a0c2e4d6b8f0a1c3e5d7f9b",
-    "fingerprint 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-    "max_tokens=256 tokens: 12345678, keyboard = qwertyuiop, password reset pending",
-    "sk-short is not a key, nor is skin-rash-and-itching-for-weeks or task-oriented",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "run 0123456789abcdef0123456789abcdef, commit 3f5e2a7c9d1b4e6f8a0c2e4d6b8f0a1c3e5d7f9b",
+        "fingerprint 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "max_tokens=256 tokens: 12345678, keyboard = qwertyuiop, password reset pending",
+        "sk-short is not a key, nor is skin-rash-and-itching-for-weeks or task-oriented",
+    ],
+)
 def test_ordinary_text_is_not_masked(text: str) -> None:
     assert scrub_text(text, environ={}) == text
 
@@ -159,6 +190,10 @@ def test_real_symptom_texts_are_never_masked() -> None:
 
     if not (SHARED_DATA / "train.jsonl").is_file():
         pytest.skip("the shared dataset is not here")
-    texts = [json.loads(line)["input_text"] for split in ("train", "test")
-             for line in (SHARED_DATA / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+    texts = [
+        json.loads(line)["input_text"]
+        for split in ("train", "test")
+        for line in (SHARED_DATA / f"{split}.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     assert [t for t in texts if scrub_text(t, environ={}) != t] == []

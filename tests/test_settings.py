@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from evals.errors import ConfigError
 from evals.config.settings import OPTIONS, OPTIONS_BY_NAME, Settings, resolve
+from evals.errors import ConfigError
 
 ROOT = Path("/srv/project")
 
@@ -25,15 +25,23 @@ def env(name: str) -> str:
     return OPTIONS_BY_NAME[name].env
 
 
-def settle(cli: dict[str, Any] | None = None, ini_: dict[str, Any] | None = None,
-           environ: dict[str, str] | None = None, rootdir: Path = ROOT) -> Settings:
+def settle(
+    cli: dict[str, Any] | None = None,
+    ini_: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    rootdir: Path = ROOT,
+) -> Settings:
     return resolve(cli or {}, ini_ or {}, environ or {}, rootdir)
 
 
 def test_option_names_follow_one_scheme() -> None:
     option = OPTIONS_BY_NAME["per-diagnosis"]
     assert (option.cli, option.ini, option.env, option.dest) == (
-        "--evals-per-diagnosis", "evals_per_diagnosis", "EVALS_PER_DIAGNOSIS", "evals_per_diagnosis")
+        "--evals-per-diagnosis",
+        "evals_per_diagnosis",
+        "EVALS_PER_DIAGNOSIS",
+        "evals_per_diagnosis",
+    )
     assert len({o.name for o in OPTIONS}) == len(OPTIONS)
 
 
@@ -66,14 +74,19 @@ def test_layering(name: str, values: tuple[str, str, str], parsed: tuple[Any, An
     ini_value, env_value, cli_value = values
     assert settle(ini_={ini(name): ini_value})[name] == parsed[0]
     assert settle(ini_={ini(name): ini_value}, environ={env(name): env_value})[name] == parsed[1]
-    assert settle(cli={dest(name): cli_value}, ini_={ini(name): ini_value},
-                  environ={env(name): env_value})[name] == parsed[2]
+    assert (
+        settle(cli={dest(name): cli_value}, ini_={ini(name): ini_value}, environ={env(name): env_value})[name]
+        == parsed[2]
+    )
     assert settle(cli={dest(name): cli_value})[name] == parsed[2]
 
 
 def test_unset_cli_and_empty_values_fall_through() -> None:
-    settings = settle(cli={dest("temperature"): None, dest("no-mlflow"): False},
-                      ini_={ini("temperature"): "0.4", ini("no-mlflow"): "true"}, environ={env("temperature"): ""})
+    settings = settle(
+        cli={dest("temperature"): None, dest("no-mlflow"): False},
+        ini_={ini("temperature"): "0.4", ini("no-mlflow"): "true"},
+        environ={env("temperature"): ""},
+    )
     assert settings["temperature"] == 0.4
     assert settings["no-mlflow"] is True
 
@@ -92,8 +105,10 @@ def test_boolean_env_can_say_false_over_ini() -> None:
 def test_mlflow_tracking_uri_fallback() -> None:
     mlflow = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
     assert settle(environ=mlflow)["tracking-uri"] == "http://mlflow.example:5000"
-    assert settle(ini_={ini("tracking-uri"): "sqlite:///ini.db"}, environ=mlflow)["tracking-uri"] == \
-        "http://mlflow.example:5000"
+    assert (
+        settle(ini_={ini("tracking-uri"): "sqlite:///ini.db"}, environ=mlflow)["tracking-uri"]
+        == "http://mlflow.example:5000"
+    )
     assert settle(environ={**mlflow, env("tracking-uri"): "sqlite:///evals.db"})["tracking-uri"] == "sqlite:///evals.db"
     assert settle(cli={dest("tracking-uri"): "file:///cli"}, environ=mlflow)["tracking-uri"] == "file:///cli"
 
@@ -157,10 +172,14 @@ def test_example_budget_default_and_layers() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"cli": {"evals_timeout": "600"}},
-         "--evals-timeout 600 s is longer than --evals-example-budget (default) 300 s"),
-        ({"environ": {"EVALS_EXAMPLE_BUDGET": "10"}},
-         "--evals-timeout (default) 120 s is longer than environment variable EVALS_EXAMPLE_BUDGET 10 s"),
+        (
+            {"cli": {"evals_timeout": "600"}},
+            "--evals-timeout 600 s is longer than --evals-example-budget (default) 300 s",
+        ),
+        (
+            {"environ": {"EVALS_EXAMPLE_BUDGET": "10"}},
+            "--evals-timeout (default) 120 s is longer than environment variable EVALS_EXAMPLE_BUDGET 10 s",
+        ),
     ],
 )
 def test_a_call_longer_than_the_example_budget_is_refused(kwargs: dict[str, Any], expected: str) -> None:
@@ -172,8 +191,11 @@ def test_a_call_longer_than_the_example_budget_is_refused(kwargs: dict[str, Any]
 
 
 def test_path_is_relative_to_rootdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settle(cli={dest("report-dir"): "out/reports"}, ini_={ini("thresholds"): str(tmp_path / "t.yaml")},
-                      rootdir=tmp_path / "root")
+    settings = settle(
+        cli={dest("report-dir"): "out/reports"},
+        ini_={ini("thresholds"): str(tmp_path / "t.yaml")},
+        rootdir=tmp_path / "root",
+    )
     assert settings.path("report-dir") == (tmp_path / "root" / "out" / "reports").resolve()
     assert settings.path("thresholds") == (tmp_path / "t.yaml").resolve()
     assert settings.path("cache-dir") == (tmp_path / "root" / ".evals" / "cache").resolve()
@@ -181,8 +203,9 @@ def test_path_is_relative_to_rootdir(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert settle(environ={env("spool-dir"): "~/spool"}).path("spool-dir") == (tmp_path / "home" / "spool").resolve()
 
 
-@pytest.mark.parametrize(("ci", "expected"), [("true", "ci"), ("1", "ci"), ("TRUE", "ci"), ("false", "local"),
-                                              (None, "local")])
+@pytest.mark.parametrize(
+    ("ci", "expected"), [("true", "ci"), ("1", "ci"), ("TRUE", "ci"), ("false", "local"), (None, "local")]
+)
 def test_trigger_defaults_from_ci(monkeypatch: pytest.MonkeyPatch, ci: str | None, expected: str) -> None:
     if ci is None:
         monkeypatch.delenv("CI", raising=False)

@@ -18,7 +18,7 @@ from tests.test_plugin import parent_runs
 
 # Each test leaves a mark when its examples are evaluated, then lingers, so that a SIGTERM lands in
 # the middle of the session with some results gathered and most tests still to run.
-SLOW_SUITE = '''
+SLOW_SUITE = """
 import time
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def test_diagnosis(evals_program, diagnosis, evals_evaluate):
     time.sleep(0.7)
     if outcome.failure:
         pytest.fail(outcome.failure, pytrace=False)
-'''
+"""
 
 
 @pytest.fixture
@@ -42,12 +42,14 @@ def slow_project(eval_project: pytest.Pytester) -> pytest.Pytester:
     return eval_project
 
 
-def terminate_after(project: pytest.Pytester, done: int, *args: str, group: bool = False
-                    ) -> subprocess.CompletedProcess[str]:
+def terminate_after(
+    project: pytest.Pytester, done: int, *args: str, group: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run a session; once ``done`` tests finished, SIGTERM it (the whole process group if ``group``)."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
-    proc = subprocess.Popen(command, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     progress = project.path / "progress"
     while time.monotonic() < deadline and proc.poll() is None:
@@ -63,10 +65,14 @@ def terminate_after(project: pytest.Pytester, done: int, *args: str, group: bool
     return subprocess.CompletedProcess(command, proc.returncode, out, "")
 
 
-@pytest.mark.parametrize(("xdist", "group"), [("", False), ("-n 2", False), ("-n 2", True)],
-                         ids=["no-xdist", "xdist-controller", "xdist-process-group"])
-def test_sigterm_spools_what_was_gathered_and_sync_uploads_it(slow_project: pytest.Pytester, xdist: str,
-                                                              group: bool) -> None:
+@pytest.mark.parametrize(
+    ("xdist", "group"),
+    [("", False), ("-n 2", False), ("-n 2", True)],
+    ids=["no-xdist", "xdist-controller", "xdist-process-group"],
+)
+def test_sigterm_spools_what_was_gathered_and_sync_uploads_it(
+    slow_project: pytest.Pytester, xdist: str, group: bool
+) -> None:
     result = terminate_after(slow_project, 3, *xdist.split(), group=group)
 
     assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout

@@ -24,8 +24,13 @@ print(json.dumps(sorted([{"version": str(v.version), "run_id": v.run_id, "tags":
 
 
 def registered_versions(project: pytest.Pytester) -> list[dict]:
-    done = subprocess.run([sys.executable, "-c", REGISTERED, f"sqlite:///{project.path / 'mlflow.db'}"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTERED, f"sqlite:///{project.path / 'mlflow.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -73,11 +78,17 @@ def test_resync_of_a_published_bundle_adds_nothing(eval_project: pytest.Pytester
     assert run(eval_project).ret == 0
     bundle = next((eval_project.path / ".evals" / "reports").iterdir())
     uri = f"sqlite:///{eval_project.path / 'mlflow.db'}"
-    code = ("import sys; from evals.store.publish import publish_bundle; "
-            "p = publish_bundle(__import__('pathlib').Path(sys.argv[1]), sys.argv[2]); print(p.run_id, p.registered)")
+    code = (
+        "import sys; from evals.store.publish import publish_bundle; "
+        "p = publish_bundle(__import__('pathlib').Path(sys.argv[1]), sys.argv[2]); print(p.run_id, p.registered)"
+    )
 
-    first, second = (subprocess.run([sys.executable, "-c", code, str(bundle), uri], capture_output=True, text=True,
-                                    timeout=120, check=False) for _ in range(2))
+    first, second = (
+        subprocess.run(
+            [sys.executable, "-c", code, str(bundle), uri], capture_output=True, text=True, timeout=120, check=False
+        )
+        for _ in range(2)
+    )
 
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout

@@ -12,8 +12,6 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evals.errors import ConfigError
-from evals.labels import DIAGNOSES, unknown_label_message
 from evals.config.thresholds import (
     MINIMAL_FILE,
     ProgramThresholds,
@@ -23,6 +21,8 @@ from evals.config.thresholds import (
     load_yaml_strict,
     parse_thresholds,
 )
+from evals.errors import ConfigError
+from evals.labels import DIAGNOSES, unknown_label_message
 
 PROGRAMS = {"zero_shot", "chain_of_thought", "knn_few_shot"}
 REPO_THRESHOLDS = Path(__file__).resolve().parents[1] / "thresholds.yaml"
@@ -115,9 +115,7 @@ def test_recall_overrides_merge_dict_wise_and_program_wins() -> None:
 
 
 def test_program_without_section_falls_back_to_default() -> None:
-    thresholds = parse(
-        {"version": 1, "programs": {"default": {"min_accuracy": 0.25}, "zero_shot": {}}}
-    )
+    thresholds = parse({"version": 1, "programs": {"default": {"min_accuracy": 0.25}, "zero_shot": {}}})
     assert "chain_of_thought" not in thresholds.programs
     assert thresholds.for_program("chain_of_thought") is thresholds.default
     assert thresholds.for_program("zero_shot").min_accuracy == 0.25
@@ -150,10 +148,16 @@ EMPTY = "found nothing (an empty section: fill it in or delete the key)"
             "programs.zero_shot",
             "a mapping with keys min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, recall",
         ),
-        (with_section({"recall": None}), "programs.zero_shot.recall",
-         "a mapping with keys default, min_support, overrides"),
-        (with_section({"recall": {"overrides": None}}), "programs.zero_shot.recall.overrides",
-         "a mapping of diagnosis to recall floor"),
+        (
+            with_section({"recall": None}),
+            "programs.zero_shot.recall",
+            "a mapping with keys default, min_support, overrides",
+        ),
+        (
+            with_section({"recall": {"overrides": None}}),
+            "programs.zero_shot.recall.overrides",
+            "a mapping of diagnosis to recall floor",
+        ),
     ],
 )
 def test_empty_sections_are_errors_not_no_limits(data: object, path: str, expected: str) -> None:
@@ -250,7 +254,8 @@ def test_real_thresholds_file_loads() -> None:
     ("text", "expected"),
     [
         (
-            "version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 0.5\n    max_invalid_rate: 0.1\n    min_accuracy: 0.0\n",
+            "version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 0.5\n"
+            "    max_invalid_rate: 0.1\n    min_accuracy: 0.0\n",
             "6: programs.zero_shot.min_accuracy: duplicate key (first at line 4)",
         ),
         (
@@ -286,10 +291,17 @@ LONG = "1" * 5000
     ("value", "key", "found"),
     [
         (LONG, "min_accuracy", f"expected a number between 0 and 1, found {LONG[:40]}… (a number of 5000 characters)"),
-        ("1" * 4000, "recall: {min_support: %s}",
-         f"expected a whole number >= 0, found {LONG[:40]}… (a number of 4000 characters)"),
+        (
+            "1" * 4000,
+            "recall: {min_support: %s}",
+            f"expected a whole number >= 0, found {LONG[:40]}… (a number of 4000 characters)",
+        ),
         ("0." + "5" * 200, "min_accuracy", "expected a number between 0 and 1, found 0.555"),
-        ("0x" + "f" * 90, "min_accuracy", "expected a number between 0 and 1, found 2348542582773833227889480596789337027375…"),
+        (
+            "0x" + "f" * 90,
+            "min_accuracy",
+            "expected a number between 0 and 1, found 2348542582773833227889480596789337027375…",
+        ),
         ("1.0e+999", "min_accuracy", "expected a number between 0 and 1, found inf"),
         (".nan", "min_accuracy", "expected a number between 0 and 1, found nan"),
         ("1.0e+999", "max_p95_latency_ms", "expected a positive number of milliseconds, found inf"),
@@ -351,13 +363,22 @@ def test_load_yaml_strict_is_public_for_other_config_files(tmp_path: Path) -> No
 
 
 BAD_FILES = {
-    "duplicate": ("version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 0.9\n    min_accuracy: 0.0\n",
-                  "ERROR: *thresholds.yaml:5: programs.zero_shot.min_accuracy: duplicate key (first at line 4)"),
-    "empty-section": ("version: 1\nprograms:\n", "ERROR: *thresholds.yaml: programs: expected a mapping*found nothing*"),
-    "5000-digits": (f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: {LONG}\n",
-                    "ERROR: *min_accuracy: expected a number between 0 and 1, found 1111*… (a number of 5000 characters)"),
-    "5-megabytes": (f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: '{'x' * 5_000_000}'\n",
-                    "ERROR: *thresholds.yaml: file is 5.0 MB; a configuration file may be at most 1 MB"),
+    "duplicate": (
+        "version: 1\nprograms:\n  zero_shot:\n    min_accuracy: 0.9\n    min_accuracy: 0.0\n",
+        "ERROR: *thresholds.yaml:5: programs.zero_shot.min_accuracy: duplicate key (first at line 4)",
+    ),
+    "empty-section": (
+        "version: 1\nprograms:\n",
+        "ERROR: *thresholds.yaml: programs: expected a mapping*found nothing*",
+    ),
+    "5000-digits": (
+        f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: {LONG}\n",
+        "ERROR: *min_accuracy: expected a number between 0 and 1, found 1111*… (a number of 5000 characters)",
+    ),
+    "5-megabytes": (
+        f"version: 1\nprograms:\n  zero_shot:\n    min_accuracy: '{'x' * 5_000_000}'\n",
+        "ERROR: *thresholds.yaml: file is 5.0 MB; a configuration file may be at most 1 MB",
+    ),
 }
 
 
@@ -380,9 +401,7 @@ def test_pytest_on_a_bad_file_is_one_error_line_and_exit_4(eval_project: pytest.
 # --- structure errors -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("data", "found"), [([1, 2], "a list"), ("version: 1", "'version: 1' (a string)"), (3, "3")]
-)
+@pytest.mark.parametrize(("data", "found"), [([1, 2], "a list"), ("version: 1", "'version: 1' (a string)"), (3, "3")])
 def test_top_level_must_be_a_mapping(data: object, found: str) -> None:
     assert error_of(data) == f"thresholds.yaml: expected a mapping at the top level, found {found}"
 
@@ -410,9 +429,7 @@ def test_top_level_must_be_a_mapping(data: object, found: str) -> None:
         ),
     ],
 )
-def test_unknown_keys_name_the_path_and_allowed_keys(
-    data: object, path: str, key: str, allowed: str
-) -> None:
+def test_unknown_keys_name_the_path_and_allowed_keys(data: object, path: str, key: str, allowed: str) -> None:
     message = error_of(data)
     assert message == f"thresholds.yaml: {path}: unknown key {key!r}; allowed: {allowed}"
 
@@ -440,8 +457,7 @@ def test_unknown_program_lists_known_ones() -> None:
 def test_unknown_diagnosis_in_overrides() -> None:
     message = error_of(with_section({"recall": {"overrides": {"migrane": 0.2}}}))
     assert message == (
-        "thresholds.yaml: programs.zero_shot.recall.overrides.migrane: "
-        + unknown_label_message("migrane")
+        "thresholds.yaml: programs.zero_shot.recall.overrides.migrane: " + unknown_label_message("migrane")
     )
     assert "expected one of: allergy, arthritis" in message
 
@@ -470,8 +486,7 @@ def test_sections_must_be_mappings(data: object, path: str, expected: str) -> No
 
 def test_fraction_out_of_range_message() -> None:
     assert error_of(with_section({"min_accuracy": 1.5})) == (
-        "thresholds.yaml: programs.zero_shot.min_accuracy: "
-        "expected a number between 0 and 1, found 1.5"
+        "thresholds.yaml: programs.zero_shot.min_accuracy: expected a number between 0 and 1, found 1.5"
     )
 
 
@@ -491,10 +506,7 @@ def test_fraction_out_of_range_message() -> None:
 @pytest.mark.parametrize("key", FRACTION_KEYS)
 def test_fractions_reject_wrong_types(key: str, value: object, found: str) -> None:
     message = error_of(with_section({key: value}))
-    assert message == (
-        f"thresholds.yaml: programs.zero_shot.{key}: "
-        f"expected a number between 0 and 1, found {found}"
-    )
+    assert message == (f"thresholds.yaml: programs.zero_shot.{key}: expected a number between 0 and 1, found {found}")
 
 
 def test_recall_values_are_fractions_too() -> None:
@@ -519,14 +531,11 @@ def test_latency_must_be_positive_number(value: object, found: str) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("value", "found"), [(-1, "-1"), (2.5, "2.5"), (5.0, "5.0"), (True, "true"), ("5", "'5'")]
-)
+@pytest.mark.parametrize(("value", "found"), [(-1, "-1"), (2.5, "2.5"), (5.0, "5.0"), (True, "true"), ("5", "'5'")])
 def test_min_support_must_be_a_whole_number(value: object, found: str) -> None:
     message = error_of(with_section({"recall": {"min_support": value}}))
     assert message.startswith(
-        "thresholds.yaml: programs.zero_shot.recall.min_support: "
-        f"expected a whole number >= 0, found {found}"
+        f"thresholds.yaml: programs.zero_shot.recall.min_support: expected a whole number >= 0, found {found}"
     )
 
 
@@ -538,9 +547,7 @@ def test_every_diagnosis_can_have_an_override() -> None:
 
 @given(value=st.floats(min_value=0.0, max_value=1.0), key=st.sampled_from(FRACTION_KEYS))
 def test_any_fraction_in_range_is_accepted(value: float, key: str) -> None:
-    limits = parse(with_section({key: value, "recall": {"default": value}})).for_program(
-        "zero_shot"
-    )
+    limits = parse(with_section({key: value, "recall": {"default": value}})).for_program("zero_shot")
     assert getattr(limits, key) == value
     assert limits.recall.default == value
 

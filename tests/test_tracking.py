@@ -23,13 +23,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from evals.errors import ConfigError
-from evals.store.history import Delta, ProgramResult, Session, compare, recent_sessions
 from evals.redact import Redactor
-from evals.store.spool import pending, spool_bundle, sync_spool
-from tests.mlflow_server import QUIET_ENV, MlflowServer
 from evals.store.client import FAST_FAIL_ENV, TrackingUnavailable, mlflow_errors, unavailable
+from evals.store.history import Delta, ProgramResult, Session, compare, recent_sessions
 from evals.store.schema import PARENT_TAG, SESSION_TAG
-from evals.store.upload import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, batches, run_url_hint, upload_bundle
+from evals.store.spool import pending, spool_bundle, sync_spool
+from evals.store.upload import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    batches,
+    run_url_hint,
+    upload_bundle,
+)
+from tests.mlflow_server import QUIET_ENV, MlflowServer
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -165,9 +172,7 @@ def artifact_paths(uri: str, run_id: str, path: str | None = None) -> set[str]:
 # --- upload to a sqlite store ------------------------------------------------------------------
 
 
-def test_upload_logs_parent_nested_runs_params_metrics_tags_and_artifacts(
-    tmp_path: Path, uri: str
-) -> None:
+def test_upload_logs_parent_nested_runs_params_metrics_tags_and_artifacts(tmp_path: Path, uri: str) -> None:
     metrics = {f"recall.m{i:04d}": i / 1500 for i in range(1500)}
     bundle, session_id = make_bundle(tmp_path, program_metrics={"zero_shot": metrics})
 
@@ -196,9 +201,7 @@ def test_upload_logs_parent_nested_runs_params_metrics_tags_and_artifacts(
 
 
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
-def test_upload_again_returns_the_same_run_and_adds_nothing(
-    tmp_path: Path, uri: str, status: str
-) -> None:
+def test_upload_again_returns_the_same_run_and_adds_nothing(tmp_path: Path, uri: str, status: str) -> None:
     bundle, session_id = make_bundle(tmp_path, status=status)
 
     first = upload_bundle(bundle, uri)
@@ -227,9 +230,7 @@ def test_incomplete_parent_left_running_is_replaced(tmp_path: Path, uri: str) ->
     assert len(children_of(uri, run_id)) == len(PROGRAMS)
 
 
-def test_planted_api_key_never_reaches_mlflow(
-    tmp_path: Path, uri: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_planted_api_key_never_reaches_mlflow(tmp_path: Path, uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
     bundle, _ = make_bundle(
         tmp_path,
@@ -240,11 +241,7 @@ def test_planted_api_key_never_reaches_mlflow(
 
     run_id = upload_bundle(bundle, uri)
 
-    logged = [
-        value
-        for run in runs_of(uri, "ALL")
-        for value in (*run.data.params.values(), *run.data.tags.values())
-    ]
+    logged = [value for run in runs_of(uri, "ALL") for value in (*run.data.params.values(), *run.data.tags.values())]
     assert not [value for value in logged if "PLANTED" in value]
     parent = client_for(uri).get_run(run_id)
     assert parent.data.params == {"lm": "***", "split": "test"}
@@ -277,9 +274,7 @@ def test_redactor_applies_to_params_tags_and_text_artifacts(tmp_path: Path, uri:
         (lambda s, b: (b / "programs" / "ghost").mkdir(), "programs/ghost/"),
     ],
 )
-def test_broken_bundle_raises_config_error_before_touching_mlflow(
-    tmp_path: Path, corrupt: Any, expected: str
-) -> None:
+def test_broken_bundle_raises_config_error_before_touching_mlflow(tmp_path: Path, corrupt: Any, expected: str) -> None:
     bundle, _ = make_bundle(tmp_path)
     session = json.loads((bundle / "session.json").read_text())
     corrupt(session, bundle)
@@ -306,9 +301,7 @@ def test_unusable_store_raises_one_readable_line(tmp_path: Path) -> None:
     assert "\n" not in message and len(message) < 300
 
 
-def test_hung_server_times_out_with_bounded_retries(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hung_server_times_out_with_bounded_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The defaults bound a hung server to ~10 s; a user's own timeout (1 s here, to keep the
     # test quick) is honoured, and the single retry keeps the total near 2 s.
     retries = int(FAST_FAIL_ENV["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
@@ -476,9 +469,7 @@ def test_upload_over_http(server: MlflowServer, tmp_path: Path) -> None:
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
-def test_server_killed_while_uploading_then_spooled_and_synced(
-    server: MlflowServer, tmp_path: Path
-) -> None:
+def test_server_killed_while_uploading_then_spooled_and_synced(server: MlflowServer, tmp_path: Path) -> None:
     bundle, session_id = make_bundle(tmp_path / "out", n_artifacts=150)
     killed_at: list[float] = []
     killer = threading.Thread(target=_kill_when_parent_exists, args=(server, session_id, killed_at))
@@ -503,9 +494,7 @@ def test_server_killed_while_uploading_then_spooled_and_synced(
 
     assert [(r.session_id, r.ok) for r in synced] == [(session_id, True)]
     finished = parents_of(server.uri, session_id)
-    assert [(run.info.run_id, run.info.status) for run in finished] == [
-        (synced[0].run_id, "FINISHED")
-    ]
+    assert [(run.info.run_id, run.info.status) for run in finished] == [(synced[0].run_id, "FINISHED")]
     deleted = [r for r in runs_of(server.uri, "ALL") if r.info.lifecycle_stage == "deleted"]
     assert any(run.data.tags.get(SESSION_TAG) == session_id for run in deleted)
     assert sync_spool(spool) == []
@@ -558,9 +547,7 @@ def test_compare_reports_headline_metrics_and_only_changed_recalls() -> None:
     assert Delta("new", "accuracy", None, 0.3).change is None
 
 
-def test_recent_sessions_reads_back_complete_sessions_newest_first(
-    tmp_path: Path, uri: str
-) -> None:
+def test_recent_sessions_reads_back_complete_sessions_newest_first(tmp_path: Path, uri: str) -> None:
     old, _ = make_bundle(tmp_path, started_at=FINISHED_AT - 200)
     new, _ = make_bundle(tmp_path, program_metrics={"knn_few_shot": {"accuracy": 0.75}})
     old_id, new_id = upload_bundle(old, uri), upload_bundle(new, uri)
@@ -586,9 +573,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_cli_sync_prints_one_line_per_bundle_and_exits_1_if_any_stayed(
-    tmp_path: Path, uri: str
-) -> None:
+def test_cli_sync_prints_one_line_per_bundle_and_exits_1_if_any_stayed(tmp_path: Path, uri: str) -> None:
     good, good_id = make_bundle(tmp_path / "out")
     bad, bad_id = make_bundle(tmp_path / "out")
     spool_bundle(good, tmp_path / "spool", tracking_uri=uri)
@@ -609,9 +594,7 @@ def test_cli_sync_prints_one_line_per_bundle_and_exits_1_if_any_stayed(
 def test_cli_report_lists_sessions_and_compares_the_last_two(tmp_path: Path, uri: str) -> None:
     base = {"accuracy": 0.5, "macro_f1": 0.5, "invalid_rate": 0.1, "recall.dengue": 0.8,
             "recall.malaria": 0.4}  # fmt: skip
-    old, _ = make_bundle(
-        tmp_path, started_at=FINISHED_AT - 200, program_metrics={"knn_few_shot": base}
-    )
+    old, _ = make_bundle(tmp_path, started_at=FINISHED_AT - 200, program_metrics={"knn_few_shot": base})
     newer = {**base, "accuracy": 0.625, "recall.malaria": 0.2}
     new, _ = make_bundle(tmp_path, program_metrics={"knn_few_shot": newer})
     old_id, new_id = upload_bundle(old, uri), upload_bundle(new, uri)

@@ -25,7 +25,7 @@ AUTO_LEVELS = ("light", "medium", "heavy")
 GEPA_BUDGETS = ("auto", "max_metric_calls", "max_full_evals")
 ENTRY_KEYS = ("class", "params", "compile", "trainset_per_diagnosis", "valset_per_diagnosis")
 SEPARATOR = "+"
-DEFAULT_REGISTRY = OPTIONS_BY_NAME["registry"].default
+DEFAULT_REGISTRY = str(OPTIONS_BY_NAME["registry"].default)
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,13 @@ class OptimizerConfig:
 
     def fingerprint(self) -> str:
         """Hash of the whole configuration (part of the compile-cache key)."""
-        data = [self.cls, dict(self.params), dict(self.compile_args), self.trainset_per_diagnosis,
-                self.valset_per_diagnosis if self.uses_valset else None]
+        data = [
+            self.cls,
+            dict(self.params),
+            dict(self.compile_args),
+            self.trainset_per_diagnosis,
+            self.valset_per_diagnosis if self.uses_valset else None,
+        ]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def loggable(self) -> dict[str, str]:
@@ -131,8 +136,13 @@ def _parse_entry(name: str, entry: object, where: str, extra: Mapping[str, Any] 
         if not isinstance(entry.get(key) or {}, dict):
             raise ConfigError(f"{at}.{key}: expected a mapping of keyword arguments")
     config = OptimizerConfig(
-        name=name, cls=cls, params=dict(entry.get("params") or {}), compile_args=dict(entry.get("compile") or {}),
-        trainset_per_diagnosis=_per_diagnosis(entry.get("trainset_per_diagnosis", "all"), f"{at}.trainset_per_diagnosis"),
+        name=name,
+        cls=cls,
+        params=dict(entry.get("params") or {}),
+        compile_args=dict(entry.get("compile") or {}),
+        trainset_per_diagnosis=_per_diagnosis(
+            entry.get("trainset_per_diagnosis", "all"), f"{at}.trainset_per_diagnosis"
+        ),
         valset_per_diagnosis=_per_diagnosis(entry.get("valset_per_diagnosis", "all"), f"{at}.valset_per_diagnosis"),
     )
     _check_params(config, at, extra)
@@ -154,9 +164,15 @@ def _check_params(config: OptimizerConfig, at: str, extra: Mapping[str, Any] | N
     accepted = set(inspect.signature(optimizer_class(config.cls, extra).__init__).parameters) - {"self", "metric"}
     unknown = sorted(set(config.params) - accepted)
     if unknown:
-        raise ConfigError(f"{at}.params: {config.cls} takes no argument {unknown[0]!r}; it takes: {', '.join(sorted(accepted))}")
+        raise ConfigError(
+            f"{at}.params: {config.cls} takes no argument {unknown[0]!r}; it takes: {', '.join(sorted(accepted))}"
+        )
     params = config.params
-    if "auto" in params and params["auto"] not in AUTO_LEVELS and not (config.cls == "MIPROv2" and params["auto"] is None):
+    if (
+        "auto" in params
+        and params["auto"] not in AUTO_LEVELS
+        and not (config.cls == "MIPROv2" and params["auto"] is None)
+    ):
         raise ConfigError(f"{at}.params.auto: expected one of {', '.join(AUTO_LEVELS)}, found {params['auto']!r}")
     if config.cls == "GEPA":
         _check_gepa_params(params, at)
@@ -174,8 +190,10 @@ def _check_gepa_params(params: Mapping[str, Any], at: str) -> None:
             raise ConfigError(f"{at}.params.{key}: expected a positive integer, found {value!r}")
     reflection = params.get("reflection_lm")
     if reflection is not None and (not isinstance(reflection, str) or not reflection.strip()):
-        raise ConfigError(f"{at}.params.reflection_lm: expected an LM spec such as 'smollm2' (omit it for the "
-                          f"session's LM), found {reflection!r}")
+        raise ConfigError(
+            f"{at}.params.reflection_lm: expected an LM spec such as 'smollm2' (omit it for the "
+            f"session's LM), found {reflection!r}"
+        )
 
 
 def registry_optimizers(module: str = DEFAULT_REGISTRY) -> dict[str, Any]:

@@ -74,8 +74,10 @@ _REGRESSION_RULES: dict[str, Rule] = {
     "max_drop": _FRACTION,
     "max_diagnosis_drop": _FRACTION,
     "min_diagnosis_support": (lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
-    "bootstrap_samples": (lambda v: is_int(v) and v >= MIN_BOOTSTRAP_SAMPLES,
-                          f"a whole number >= {MIN_BOOTSTRAP_SAMPLES}"),
+    "bootstrap_samples": (
+        lambda v: is_int(v) and v >= MIN_BOOTSTRAP_SAMPLES,
+        f"a whole number >= {MIN_BOOTSTRAP_SAMPLES}",
+    ),
     "seed": (lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
     "on_mismatch": (lambda v: v in MISMATCH_MODES, " or ".join(map(repr, MISMATCH_MODES))),
     "on_unavailable": (lambda v: v in UNAVAILABLE_MODES, " or ".join(map(repr, UNAVAILABLE_MODES))),
@@ -94,8 +96,11 @@ def parse_regression_policy(raw: Mapping[str, object] | None, source: str) -> Re
     limit = policy.max_detectable_drop
     if limit is not None and limit <= policy.max_drop:
         # A true drop of max_drop is flagged at most half the time: every comparison would be too weak.
-        raise Location(source, "regression").child("max_detectable_drop").error(
-            f"expected a number above max_drop ({policy.max_drop:g}) and at most 1, found {found(limit)}")
+        raise (
+            Location(source, "regression")
+            .child("max_detectable_drop")
+            .error(f"expected a number above max_drop ({policy.max_drop:g}) and at most 1, found {found(limit)}")
+        )
     return policy
 
 
@@ -138,10 +143,7 @@ def parse_drift_policy(raw: Mapping[str, object] | None, source: str) -> DriftPo
     policy = DriftPolicy(**parse_section(raw, source, "drift", _DRIFT_RULES, DriftPolicy()))
     if policy.window < policy.min_history:
         where = Location(source, "drift").child("window")
-        raise where.error(
-            f"expected a whole number >= min_history ({policy.min_history}), "
-            f"found {policy.window}"
-        )
+        raise where.error(f"expected a whole number >= min_history ({policy.min_history}), found {policy.window}")
     return policy
 
 

@@ -94,25 +94,48 @@ def _names(text: str) -> tuple[str, ...]:
 OPTIONS: tuple[Option, ...] = (
     Option("lm", "smollm2", "LM spec: smollm2, llamacpp:PATH.gguf, mlx:smollm2|DIR|HF-ID or provider/model"),
     Option("lm-api-base", None, "Base URL of an OpenAI-compatible server for a provider/model LM"),
-    Option("lm-server", "false", "Start one mlx_lm server for the session and point every worker at it "
-           "(mlx: specs)", _bool, flag=True),
+    Option(
+        "lm-server",
+        "false",
+        "Start one mlx_lm server for the session and point every worker at it (mlx: specs)",
+        _bool,
+        flag=True,
+    ),
     Option("temperature", "0", "Sampling temperature of the LM", _temperature),
     Option("max-tokens", "384", "Completion token budget per LM call", _positive_int),
     Option("timeout", "120", "Seconds before one LM call times out", _positive_float),
-    Option("example-budget", "300", "Wall-clock seconds for one example, every retry and wait included; "
-           "no retry starts that could not end within it", _positive_float),
+    Option(
+        "example-budget",
+        "300",
+        "Wall-clock seconds for one example, every retry and wait included; "
+        "no retry starts that could not end within it",
+        _positive_float,
+    ),
     Option("data-dir", None, "Local directory with train.jsonl and test.jsonl (default: the Hugging Face Hub)"),
     Option("split", "test", "Split to evaluate: train, val or test", _split),
     Option("per-diagnosis", "2", "Examples per diagnosis to evaluate, or 'all'", parse_per_diagnosis),
     Option("seed", "0", "Seed of the train/val split and of the sampler", int),
-    Option("programs", None, "Comma-separated programs (or program+optimizer pairs) to evaluate (default: all "
-           "registered programs and the pairs listed in the optimizers file)", _names),
+    Option(
+        "programs",
+        None,
+        "Comma-separated programs (or program+optimizer pairs) to evaluate (default: all "
+        "registered programs and the pairs listed in the optimizers file)",
+        _names,
+    ),
     Option("registry", "programs", "Python module whose PROGRAMS dict names the programs"),
-    Option("optimizers", "programs/optimizers.yaml", "Optimizer configurations and evaluated (program, optimizer) pairs"),
-    Option("recompile", "false", "Compile every optimized program afresh, ignoring the compile cache", _bool, flag=True),
+    Option(
+        "optimizers", "programs/optimizers.yaml", "Optimizer configurations and evaluated (program, optimizer) pairs"
+    ),
+    Option(
+        "recompile", "false", "Compile every optimized program afresh, ignoring the compile cache", _bool, flag=True
+    ),
     Option("thresholds", "thresholds.yaml", "Path of the thresholds file, relative to the rootdir"),
-    Option("tracking-uri", "sqlite:///mlflow.db", "MLflow tracking URI (also read from MLFLOW_TRACKING_URI)",
-           fallback_env="MLFLOW_TRACKING_URI"),
+    Option(
+        "tracking-uri",
+        "sqlite:///mlflow.db",
+        "MLflow tracking URI (also read from MLFLOW_TRACKING_URI)",
+        fallback_env="MLFLOW_TRACKING_URI",
+    ),
     Option("experiment", "symptom-diagnosis-evals", "MLflow experiment name"),
     Option("no-mlflow", "false", "Do not log the session to MLflow (reports are still written)", _bool, flag=True),
     Option("trigger", None, "Why this session runs: local, ci or nightly (default: ci when CI is set)", _trigger),
@@ -154,7 +177,10 @@ class Settings:
 
 
 def resolve(
-    cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str], rootdir: Path,
+    cli: Mapping[str, Any],
+    ini: Mapping[str, Any],
+    environ: Mapping[str, str],
+    rootdir: Path,
     invocation_dir: Path | None = None,
 ) -> Settings:
     """Layer the sources of every option and parse them; a bad value raises ConfigError naming its source."""
@@ -183,8 +209,9 @@ def _where(name: str, sources: Mapping[str, str]) -> str:
     return f"{OPTIONS_BY_NAME[name].cli} (default)" if source == "default" else source
 
 
-def _raw(option: Option, cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str]
-         ) -> tuple[str | None, str]:
+def _raw(
+    option: Option, cli: Mapping[str, Any], ini: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[str | None, str]:
     if cli.get(option.dest) not in (None, False):
         value = cli[option.dest]
         return ("true" if value is True else str(value)), option.cli

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from evals.errors import ConfigError
-from evals.labels import DIAGNOSIS_SET, unknown_label_message
 from evals.config.validation import (
     Location,
     found,
@@ -37,6 +35,8 @@ from evals.config.validation import (
     read_bounded,
     shorten,
 )
+from evals.errors import ConfigError
+from evals.labels import DIAGNOSIS_SET, unknown_label_message
 
 __all__ = [
     "ProgramThresholds",
@@ -164,9 +164,7 @@ def load_thresholds(path: Path, programs: Collection[str]) -> Thresholds:
     return parse_thresholds(data, source, programs, sha256=hashlib.sha256(raw).hexdigest())
 
 
-def parse_thresholds(
-    data: object, source: str, programs: Collection[str], *, sha256: str = ""
-) -> Thresholds:
+def parse_thresholds(data: object, source: str, programs: Collection[str], *, sha256: str = "") -> Thresholds:
     """Validate an already loaded thresholds mapping.
 
     Args:
@@ -209,9 +207,7 @@ def _check_version(data: Mapping[object, object], top: Location) -> None:
         raise where.error(f"unsupported version {found(version)}; supported: {supported}")
 
 
-def _parse_programs(
-    value: Mapping[object, object], where: Location, programs: Collection[str]
-) -> dict[str, _Section]:
+def _parse_programs(value: Mapping[object, object], where: Location, programs: Collection[str]) -> dict[str, _Section]:
     known = [DEFAULT_SECTION, *sorted(set(programs) - {DEFAULT_SECTION})]
     sections: dict[str, _Section] = {}
     for name, section in value.items():
@@ -235,9 +231,7 @@ def _parse_section(value: object, where: Location) -> _Section:
         max_p95_latency_ms=_optional(section, "max_p95_latency_ms", where, _milliseconds),
         recall_default=_optional(recall, "default", at_recall, _fraction),
         min_support=_optional(recall, "min_support", at_recall, _count),
-        overrides=_parse_overrides(
-            _section(recall, "overrides", at_recall), at_recall.child("overrides")
-        ),
+        overrides=_parse_overrides(_section(recall, "overrides", at_recall), at_recall.child("overrides")),
     )
 
 
@@ -279,9 +273,7 @@ _SECTION_CONTENT = {
 }
 
 
-def _section(
-    mapping: Mapping[object, object], key: str, parent: Location
-) -> Mapping[object, object]:
+def _section(mapping: Mapping[object, object], key: str, parent: Location) -> Mapping[object, object]:
     """Return ``mapping[key]`` checked to be a mapping, or ``{}`` when the key is absent.
 
     A key that is present with nothing under it (``programs:`` alone, or only comments) is an
@@ -295,17 +287,13 @@ def _section(
 def _mapping(value: object, where: Location, expected: str) -> Mapping[object, object]:
     """Return ``value`` as a mapping; ``None`` (an empty section) is an error."""
     if value is None:
-        raise where.error(
-            f"expected {expected}, found nothing (an empty section: fill it in or delete the key)"
-        )
+        raise where.error(f"expected {expected}, found nothing (an empty section: fill it in or delete the key)")
     if not isinstance(value, Mapping):
         raise where.error(f"expected {expected}, found {found(value)}")
     return value
 
 
-def _check_keys(
-    mapping: Mapping[object, object], allowed: tuple[str, ...], where: Location
-) -> None:
+def _check_keys(mapping: Mapping[object, object], allowed: tuple[str, ...], where: Location) -> None:
     for key in mapping:
         if key not in allowed:
             shown = shorten(repr(key))

@@ -144,10 +144,7 @@ def read_bounded(path: Path, source: str) -> bytes:
             size = f"{path.stat().st_size / 1e6:.1f} MB"
         except OSError:
             size = "larger than that"
-        raise ConfigError(
-            f"{source}: file is {size}; a configuration file may be at most "
-            f"{MAX_YAML_BYTES / 1e6:g} MB"
-        )
+        raise ConfigError(f"{source}: file is {size}; a configuration file may be at most {MAX_YAML_BYTES / 1e6:g} MB")
     return raw
 
 
@@ -206,9 +203,7 @@ def yaml_error(error: yaml.YAMLError, source: str) -> ConfigError:
     mark = getattr(error, "problem_mark", None)
     if mark is None:
         return ConfigError(f"{source}: not valid YAML: {problem}")
-    return ConfigError(
-        f"{source}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
-    )
+    return ConfigError(f"{source}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}")
 
 
 @dataclass(frozen=True)
@@ -263,9 +258,7 @@ Rule = tuple[Callable[[Any], bool], str]
 """A config value's test and the words for what it allows."""
 
 
-def parse_section(
-    raw: object, source: str, name: str, rules: Mapping[str, Rule], defaults: object
-) -> dict[str, Any]:
+def parse_section(raw: object, source: str, name: str, rules: Mapping[str, Rule], defaults: object) -> dict[str, Any]:
     """Validate a flat config section against ``rules`` (the regression and drift sections).
 
     Returns:
@@ -290,6 +283,5 @@ def parse_section(
             raise where.child(key).error(f"expected {allowed}, found {found(value)}")
         default = getattr(defaults, key)
         # Optional keys (default None) keep their value; numbers become floats.
-        values[key] = type(default)(value) if default is not None else (
-            float(value) if is_number(value) else value)
+        values[key] = type(default)(value) if default is not None else (float(value) if is_number(value) else value)
     return values

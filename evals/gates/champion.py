@@ -26,6 +26,7 @@ from evals.store.client import display_uri
 from evals.store.registry import registered_name
 from evals.store.schema import ON_UNAVAILABLE_TAG, REGRESSION_REASON_TAG, REGRESSION_TAG, TOO_WEAK_TAG
 from evals.store.view import StoreView, Unavailable, regression_skipped
+
 GateStatus = Literal["pass", "fail", "unavailable", "no champion", "skipped"]
 _OVERALL = (("fail", "fail"), ("unavailable", "unavailable"), ("pass", "pass"))
 """Overall status: the first of these any program has, else ``none`` (nothing was compared)."""
@@ -101,8 +102,12 @@ class RegressionOutcome:
                 entry["min_detectable_drop"] = self.comparisons[name].min_detectable_drop
                 entry["too_weak"] = self.comparisons[name].too_weak()
             programs[name] = entry
-        return {"status": self.status, "reason": self.reason, "on_unavailable": self.on_unavailable,
-                "programs": programs}
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "on_unavailable": self.on_unavailable,
+            "programs": programs,
+        }
 
     def program_metrics(self, program: str) -> dict[str, float]:
         """MLflow metrics of one program's comparison (deltas, interval bounds, McNemar p, power)."""
@@ -142,14 +147,21 @@ def check_regressions(context: SessionContext, view: StoreView) -> RegressionOut
     return outcome
 
 
-def _check_one(context: SessionContext, program: str, baseline: Champion | None, policy: RegressionPolicy,
-               outcome: RegressionOutcome) -> ProgramGate:
+def _check_one(
+    context: SessionContext,
+    program: str,
+    baseline: Champion | None,
+    policy: RegressionPolicy,
+    outcome: RegressionOutcome,
+) -> ProgramGate:
     """Compare one program with its baseline."""
     if baseline is None and context.settings["baseline-run"]:
         return ProgramGate("unavailable", f"baseline run {context.settings['baseline-run']} has no run of {program}")
     if baseline is None:
-        line = (f"No champion yet for {program} (registered as {registered_name(program)}): nothing to compare; "
-                "promote a session to create one")
+        line = (
+            f"No champion yet for {program} (registered as {registered_name(program)}): nothing to compare; "
+            "promote a session to create one"
+        )
         outcome.info.append(line)
         return ProgramGate("no champion", line)
     try:
@@ -164,7 +176,8 @@ def _check_one(context: SessionContext, program: str, baseline: Champion | None,
     status: GateStatus = "fail" if regressions else "pass"
     outcome.info.append(
         f"regression gate for {program}: {status} against {outcome.baselines[program]} on n={comparison.n}; "
-        f"it catches a true accuracy drop of {comparison.min_detectable_drop:.3f} or more with 80% power")
+        f"it catches a true accuracy drop of {comparison.min_detectable_drop:.3f} or more with 80% power"
+    )
     weak = comparison.too_weak()
     if weak:
         outcome.notes.append(f"{weak}; this session cannot be promoted")
@@ -196,6 +209,8 @@ def is_local_store(tracking_uri: str) -> bool:
 
 def ephemeral_store_warning(tracking_uri: str) -> str:
     """The warning for a CI session that tracks into a local store."""
-    return (f"the tracking store {display_uri(tracking_uri)} is a local file: on an ephemeral CI runner it cannot "
-            "keep a champion between runs, so the regression gate has nothing to compare with; point "
-            "EVALS_TRACKING_URI (or MLFLOW_TRACKING_URI) at a persistent `mlflow server`")
+    return (
+        f"the tracking store {display_uri(tracking_uri)} is a local file: on an ephemeral CI runner it cannot "
+        "keep a champion between runs, so the regression gate has nothing to compare with; point "
+        "EVALS_TRACKING_URI (or MLFLOW_TRACKING_URI) at a persistent `mlflow server`"
+    )

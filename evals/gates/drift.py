@@ -36,8 +36,11 @@ class DriftOutcome:
         report = self.reports.get(program)
         if report is None:
             return {}
-        return {f"drift.{row['check'].replace(' ', '_')}": float(row["value"]) for row in report.as_rows()
-                if isinstance(row.get("value"), (int, float)) and row.get("value") is not None}
+        return {
+            f"drift.{row['check'].replace(' ', '_')}": float(row["value"])
+            for row in report.as_rows()
+            if isinstance(row.get("value"), (int, float)) and row.get("value") is not None
+        }
 
 
 def sample_fingerprint(records: Sequence[ExampleRecord]) -> str:
@@ -67,10 +70,15 @@ def check_drift(context: SessionContext, view: StoreView) -> DriftOutcome:
         previous = history[0] if history else None
         params = context.program_params[program]
         report = assess(
-            context.records_of(program), list(previous.records) if previous else [],
-            [h.accuracy for h in reversed(history)], m.accuracy,
-            params[FINGERPRINT_PARAM], previous.lm_fingerprint if previous else None,
-            params[SOURCE_HASH_PARAM], previous.program_hash if previous else None, policy,
+            context.records_of(program),
+            list(previous.records) if previous else [],
+            [h.accuracy for h in reversed(history)],
+            m.accuracy,
+            params[FINGERPRINT_PARAM],
+            previous.lm_fingerprint if previous else None,
+            params[SOURCE_HASH_PARAM],
+            previous.program_hash if previous else None,
+            policy,
         )
         outcome.reports[program] = report
         outcome.error_lines.extend(f"{program}: {line}" for line in report.alarms())

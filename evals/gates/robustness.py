@@ -42,11 +42,13 @@ def check_robustness(context: SessionContext) -> RobustnessOutcome:
     for program, m in stability(records).items():
         outcome.metrics[program] = flat_stability_metrics(m)
         if m.stability < policy.min_stability:
-            outcome.error_lines.append(f"{program}: stability {m.stability:.2f} < min {policy.min_stability:.2f} "
-                                       f"(n={m.n} perturbed examples)")
+            outcome.error_lines.append(
+                f"{program}: stability {m.stability:.2f} < min {policy.min_stability:.2f} (n={m.n} perturbed examples)"
+            )
         if m.valid_rate < policy.min_valid_rate:
-            outcome.error_lines.append(f"{program}: robust valid rate {m.valid_rate:.2f} < min "
-                                       f"{policy.min_valid_rate:.2f}")
+            outcome.error_lines.append(
+                f"{program}: robust valid rate {m.valid_rate:.2f} < min {policy.min_valid_rate:.2f}"
+            )
     return outcome
 
 

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from evals.config.thresholds import ProgramThresholds
 from evals.labels import DIAGNOSES, slug
 from evals.stats.metrics import ProgramMetrics
-from evals.config.thresholds import ProgramThresholds
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,7 @@ def describe(check: Check, min_support: int | None = None) -> str:
     return line
 
 
-def diagnosis_failure(
-    program: str, diagnosis: str, correct: int, n: int, limits: ProgramThresholds
-) -> str | None:
+def diagnosis_failure(program: str, diagnosis: str, correct: int, n: int, limits: ProgramThresholds) -> str | None:
     """Judge one diagnosis's recall inside a per-diagnosis test.
 
     Args:

@@ -56,7 +56,12 @@ def read_entry(path: Path, key: str) -> dict[str, Any] | None:
         return None
     try:
         envelope = json.loads(path.read_text())
-        if not isinstance(envelope, dict) or envelope.get("format") != FORMAT or envelope.get("key") != key or not isinstance(envelope.get("state"), dict):
+        if (
+            not isinstance(envelope, dict)
+            or envelope.get("format") != FORMAT
+            or envelope.get("key") != key
+            or not isinstance(envelope.get("state"), dict)
+        ):
             raise ValueError("envelope does not match its key")
     except (OSError, ValueError) as exc:
         warnings.warn(EvalsWarning(f"compile cache entry {path} is unusable ({exc}); recompiling"), stacklevel=2)
@@ -129,8 +134,10 @@ def _load(empty: Callable[[], Any], state: dict[str, Any], path: Path) -> Any:
     try:
         module.load_state(state)
     except Exception as exc:  # dspy raises KeyError, ValueError, TypeError... for a mismatched state
-        warnings.warn(EvalsWarning(f"compile cache entry {path} is unusable ({type(exc).__name__}: {exc}); "
-                                   "recompiling"), stacklevel=3)
+        warnings.warn(
+            EvalsWarning(f"compile cache entry {path} is unusable ({type(exc).__name__}: {exc}); recompiling"),
+            stacklevel=3,
+        )
         return None
     return module
 

@@ -60,8 +60,10 @@ def feedback_metric(metric: Any) -> Any:
         if score >= 1.0:
             feedback = f"Correct: the diagnosis is {gold.diagnosis!r}."
         elif answer.lower() not in DIAGNOSIS_SET:
-            feedback = (f"Wrong: {answer!r} is not one of the allowed diagnoses; the answer must be exactly one "
-                        f"allowed label, here {gold.diagnosis!r}.")
+            feedback = (
+                f"Wrong: {answer!r} is not one of the allowed diagnoses; the answer must be exactly one "
+                f"allowed label, here {gold.diagnosis!r}."
+            )
         else:
             feedback = f"Wrong: answered {answer!r}, but these symptoms point to {gold.diagnosis!r}."
         return dspy.Prediction(score=score, feedback=feedback)
@@ -70,7 +72,11 @@ def feedback_metric(metric: Any) -> Any:
 
 
 def compile_program(
-    config: OptimizerConfig, student: Any, trainset: Sequence[Any], valset: Sequence[Any], metric: Any,
+    config: OptimizerConfig,
+    student: Any,
+    trainset: Sequence[Any],
+    valset: Sequence[Any],
+    metric: Any,
     extra: Mapping[str, Any] | None = None,
 ) -> Any:
     """Run the optimizer and return the compiled program (a new module)."""
@@ -81,8 +87,9 @@ def compile_program(
     return optimizer.compile(student, **kwargs)
 
 
-def empty_shape(config: OptimizerConfig, student: Any, trainset: Sequence[Any],
-                extra: Mapping[str, Any] | None = None) -> Any:
+def empty_shape(
+    config: OptimizerConfig, student: Any, trainset: Sequence[Any], extra: Mapping[str, Any] | None = None
+) -> Any:
     """The module a compiled state loads into: the student itself, or what the optimizer wraps it in.
 
     An optimizer that wraps the student (the registry's KNNFewShot) says how with a ``shape(student,

@@ -38,17 +38,23 @@ def session_params(harness: Harness, thresholds_sha256: str, workers: int) -> di
     return params
 
 
-def program_params(harness: Harness, records: Sequence[ExampleRecord], session: Mapping[str, str],
-                   events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+def program_params(
+    harness: Harness, records: Sequence[ExampleRecord], session: Mapping[str, str], events: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, str]]:
     """Each evaluated program's params: name, source hash, sample and LM fingerprints, optimizer and compile."""
     registry, setup = harness.registry, harness.optimizer_setup
     params = {}
     for name in dict.fromkeys(r.program for r in records):
         base, optimizer = split_name(name)
         mine = [r for r in records if r.program == name]
-        params[name] = {"program.name": name, "program.base": base, SOURCE_HASH_PARAM: registry[base].source_hash(),
-                        "program.description": registry[base].description,
-                        SAMPLE_PARAM: sample_fingerprint(mine), FINGERPRINT_PARAM: lm_fingerprint_of(dict(session), mine)}
+        params[name] = {
+            "program.name": name,
+            "program.base": base,
+            SOURCE_HASH_PARAM: registry[base].source_hash(),
+            "program.description": registry[base].description,
+            SAMPLE_PARAM: sample_fingerprint(mine),
+            FINGERPRINT_PARAM: lm_fingerprint_of(dict(session), mine),
+        }
         if optimizer is not None:
             params[name].update(setup.optimizers[optimizer].loggable())
             params[name].update(compile_params(name, events))

@@ -126,10 +126,14 @@ class Harness:
         dspy.configure_cache(disk_cache_dir=str(self.settings.path("cache-dir") / "lm"))
         spec = self.lm_spec()
         try:
-            lm = build_lm(spec, n_threads=worker_threads(workers), cache=not self.settings["no-cache"],
-                          cache_dir=self.settings.path("cache-dir"))
+            lm = build_lm(
+                spec,
+                n_threads=worker_threads(workers),
+                cache=not self.settings["no-cache"],
+                cache_dir=self.settings.path("cache-dir"),
+            )
             if hasattr(lm.engine, "llama"):
-                lm.engine.llama  # load in-process models now: a bad file is one clear line, once
+                lm.engine.llama  # noqa: B018 - load in-process models now: a bad file is one clear line, once
         except ConfigError:
             raise
         except Exception as exc:  # llama.cpp, mlx and litellm raise many types
@@ -170,8 +174,9 @@ class Harness:
         spec, api_base = s["lm"], s["lm-api-base"]
         if self.lm_server:
             spec, api_base = self.lm_server["spec"], self.lm_server["api_base"]
-        return parse_lm_spec(spec, temperature=s["temperature"], max_tokens=s["max-tokens"], api_base=api_base,
-                             timeout_s=s["timeout"])
+        return parse_lm_spec(
+            spec, temperature=s["temperature"], max_tokens=s["max-tokens"], api_base=api_base, timeout_s=s["timeout"]
+        )
 
     def program(self, name: str) -> Any:
         """The named program, built once per process; ``base+optimizer`` comes from the compile cache."""
@@ -218,14 +223,15 @@ class Harness:
         self.compile_events.append(event)
         return module
 
-    def compile_parts(self, spec: Any, config: OptimizerConfig, trainset: list[Any], valset: list[Any]
-                      ) -> dict[str, str]:
+    def compile_parts(
+        self, spec: Any, config: OptimizerConfig, trainset: list[Any], valset: list[Any]
+    ) -> dict[str, str]:
         """Everything that changes a compiled program, readable (hashed into the cache key)."""
         from importlib.metadata import version
 
+        from evals.config.optimizers import optimizer_class
         from evals.data import fingerprint
         from evals.harness.compile_cache import source_hash
-        from evals.config.optimizers import optimizer_class
         from evals.scoring import diagnosis_match
 
         def fp(examples: list[Any]) -> str:
@@ -296,5 +302,12 @@ class Harness:
         module = self.program(program)
         original = run_one(module, program, example)
         perturbed = run_one(module, program, replace(example, symptoms=text))
-        return StabilityRecord(program, example.id, example.diagnosis, perturbations, original.predicted,
-                               perturbed.predicted, perturbed.error or original.error)
+        return StabilityRecord(
+            program,
+            example.id,
+            example.diagnosis,
+            perturbations,
+            original.predicted,
+            perturbed.predicted,
+            perturbed.error or original.error,
+        )

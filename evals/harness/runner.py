@@ -26,8 +26,13 @@ DEFAULT_BUDGET_S = 300.0
 DEFAULT_CALL_TIMEOUT_S = 120.0
 
 _REFUSED = ("connection refused", "actively refused")
-_UNKNOWN_HOST = ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
-                 "getaddrinfo failed", "no address associated with hostname")
+_UNKNOWN_HOST = (
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "getaddrinfo failed",
+    "no address associated with hostname",
+)
 TIMEOUT_HINT = "; raise --evals-timeout if the LM needs longer per call"
 _CLIENT_TIMEOUT_ADVICE = re.compile(r"\s*;[^;]*\bTimeouts\(.*$")
 _AUTH_TYPES = ("AuthenticationError", "PermissionDeniedError", "AuthError", "LMAuthError")
@@ -114,8 +119,17 @@ def run_one(
             slowest = max(slowest, clock() - attempt_started)
             continue
         return _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
-    return ExampleRecord(program_name, example.id, example.symptoms, example.diagnosis, None,
-                         (clock() - started) * 1000, error=error, attempts=attempts, lm_down=down)
+    return ExampleRecord(
+        program_name,
+        example.id,
+        example.symptoms,
+        example.diagnosis,
+        None,
+        (clock() - started) * 1000,
+        error=error,
+        attempts=attempts,
+        lm_down=down,
+    )
 
 
 def _record(
@@ -165,7 +179,7 @@ def error_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     message = _CLIENT_TIMEOUT_ADVICE.sub("", lines[0]) if lines else ""
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return f"{text[:MAX_ERROR_CHARS - len(TIMEOUT_HINT)]}{TIMEOUT_HINT}"
+    return f"{text[: MAX_ERROR_CHARS - len(TIMEOUT_HINT)]}{TIMEOUT_HINT}"
 
 
 def lm_down_reason(exc: BaseException) -> str | None:

@@ -178,7 +178,8 @@ def tokenizer_json(meta: dict[str, Any]) -> str:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.pre_tokenizer = (
         pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-        if _BYTE_LEVEL_PRE[pre] else byte_level
+        if _BYTE_LEVEL_PRE[pre]
+        else byte_level
     )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -239,9 +240,9 @@ def convert(gguf: Path, out_dir: Path) -> Path:
         raw, meta = mx.load(str(gguf), return_metadata=True)
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"cannot read GGUF file {gguf}: {error}") from None
-    meta = _plain(meta)
+    meta = _plain(meta)  # type: ignore[arg-type]  # mx.load(return_metadata=True) returns a dict pair
     weights = translate_weights(
-        raw,
+        raw,  # type: ignore[arg-type]
         n_head=int(meta["llama.attention.head_count"]),
         n_head_kv=int(meta.get("llama.attention.head_count_kv", meta["llama.attention.head_count"])),
     )

@@ -17,9 +17,9 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evals.errors import ConfigError
@@ -47,7 +47,7 @@ def enum_constraint(response_format: Any) -> EnumConstraint | None:
     properties = schema.get("properties") if schema else None
     if not isinstance(properties, dict) or len(properties) != 1:
         return None
-    (name, prop), = properties.items()
+    ((name, prop),) = properties.items()
     if not isinstance(prop, dict) or prop.get("type", "string") != "string":
         return None
     enum = prop.get("enum")
@@ -149,8 +149,8 @@ def resolve_target(target: str, *, cache_dir: Path | None = None) -> tuple[str, 
     """``(model path or hub id, short name)`` of an ``mlx:`` target; ``smollm2`` is converted once."""
     _require_mlx()
     if target == "smollm2":
-        from evals.lm.gguf_to_mlx import convert_cached
         from evals.lm.files import smollm2_path
+        from evals.lm.gguf_to_mlx import convert_cached
 
         root = cache_dir or Path(os.environ.get("EVALS_CACHE_DIR") or Path.cwd() / ".evals" / "cache")
         return str(convert_cached(smollm2_path(), root / "mlx")), "smollm2"
@@ -206,12 +206,13 @@ class MLXEngine:
             import mlx_lm
 
             try:
-                self._loaded = mlx_lm.load(self.model_path)
+                self._loaded = mlx_lm.load(self.model_path)[:2]
             # Loading can fail in many libraries' ways (hub, files, config); all mean "cannot use this model".
             except Exception as error:  # noqa: BLE001
                 where = spec or f"mlx:{self.model_path}"
-                raise ConfigError(f"LM {where!r}: cannot load MLX model {self.model_path!r}: "
-                                  f"{type(error).__name__}: {error}") from None
+                raise ConfigError(
+                    f"LM {where!r}: cannot load MLX model {self.model_path!r}: {type(error).__name__}: {error}"
+                ) from None
         return self._loaded
 
     def complete(self, request: Any) -> Any:
@@ -255,13 +256,20 @@ class MLXEngine:
         cache, start = self._prefix.take(prompt, model)
         processors = []
         if options.constraint is not None:
-            processors.append(_constrain(self._trie(tokenizer, options.constraint), len(prompt) - start,
-                                         sorted(tokenizer.eos_token_ids)))
+            processors.append(
+                _constrain(
+                    self._trie(tokenizer, options.constraint), len(prompt) - start, sorted(tokenizer.eos_token_ids)
+                )
+            )
         text, tokens, finish = "", [], "length"
         for response in stream_generate(
-            model, tokenizer, mx.array(prompt[start:]), max_tokens=options.max_tokens,
+            model,
+            tokenizer,
+            mx.array(prompt[start:]),
+            max_tokens=options.max_tokens,
             sampler=make_sampler(temp=options.temperature, top_p=options.top_p),
-            logits_processors=processors, prompt_cache=cache,
+            logits_processors=processors,
+            prompt_cache=cache,
         ):
             tokens.append(int(response.token))
             text += response.text

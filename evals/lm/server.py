@@ -54,8 +54,20 @@ def start_mlx_server(model_dir: Path, log_dir: Path, timeout_s: float = STARTUP_
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"mlx_server_{port}.log"
-    command = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--temp", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlx_lm",
+        "server",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--temp",
+        "0",
+    ]
     with log.open("wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     server = LMServer(process, f"http://127.0.0.1:{port}/v1", str(model_dir), log)
@@ -77,5 +89,6 @@ def _wait_ready(server: LMServer, timeout_s: float) -> None:
         time.sleep(0.5)
     server.stop()
     tail = server.log.read_text(errors="replace").strip().splitlines()[-1:] if server.log.exists() else []
-    raise LMUnavailable(f"mlx_lm server did not start within {timeout_s:.0f} s ({tail[0] if tail else 'no output'}; "
-                        f"log: {server.log})")
+    raise LMUnavailable(
+        f"mlx_lm server did not start within {timeout_s:.0f} s ({tail[0] if tail else 'no output'}; log: {server.log})"
+    )

@@ -24,7 +24,9 @@ from evals.errors import ConfigError
 from evals.lm.files import file_digest, smollm2_path
 
 DEFAULT_LM = "smollm2"
-KNOWN_FORMS = "smollm2, llamacpp:/path/model.gguf, mlx:smollm2, mlx:/path/or/hf-id, provider/model (e.g. openai/gpt-4o-mini)"
+KNOWN_FORMS = (
+    "smollm2, llamacpp:/path/model.gguf, mlx:smollm2, mlx:/path/or/hf-id, provider/model (e.g. openai/gpt-4o-mini)"
+)
 _PROVIDER_MODEL = re.compile(r"^[a-z][a-z0-9_\-]*/\S+$")
 
 
@@ -63,11 +65,17 @@ class LMSpec:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
-def parse_lm_spec(spec: str, *, temperature: float = 0.0, max_tokens: int = 384, api_base: str | None = None,
-                  timeout_s: float = 120.0) -> LMSpec:
+def parse_lm_spec(
+    spec: str, *, temperature: float = 0.0, max_tokens: int = 384, api_base: str | None = None, timeout_s: float = 120.0
+) -> LMSpec:
     """Parse an LM spec string; an unknown form or a missing file raises ConfigError."""
     text = spec.strip()
-    common = {"spec": text, "temperature": temperature, "max_tokens": max_tokens, "timeout_s": timeout_s}
+    common: dict[str, Any] = {
+        "spec": text,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "timeout_s": timeout_s,
+    }
     if text in ("", DEFAULT_LM, "llamacpp:smollm2"):
         return LMSpec("llamacpp", str(smollm2_path()), **{**common, "spec": text or DEFAULT_LM})
     if text.startswith("llamacpp:") or text.endswith(".gguf"):
@@ -98,8 +106,8 @@ def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, 
     if spec.backend == "mlx":
         from evals.lm.mlx import MLXEngine
 
-        engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
-        return dspy.LM(f"mlx/{engine.name}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
+        mlx_engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
+        return dspy.LM(f"mlx/{mlx_engine.name}-{spec.cache_key()}", engine=mlx_engine, num_retries=0, **kwargs)
     extra: dict[str, Any] = {"api_base": spec.api_base} if spec.api_base else {}
     if spec.api_base and spec.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         extra["api_key"] = "local-server"  # an OpenAI-compatible local server wants some key, never a real one

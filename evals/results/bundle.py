@@ -45,8 +45,9 @@ from evals.store.schema import (
 Redact = Callable[[str], str]
 
 
-def write_bundle(bundle: Path, context: SessionContext, summary: SessionSummary, redact: Redact,
-                 saved_counterexamples: int = 0) -> None:
+def write_bundle(
+    bundle: Path, context: SessionContext, summary: SessionSummary, redact: Redact, saved_counterexamples: int = 0
+) -> None:
     """Write session.json, artifacts/ and programs/<name>/ (the format in :mod:`evals.store.schema`).
 
     Args:
@@ -68,8 +69,13 @@ def write_bundle(bundle: Path, context: SessionContext, summary: SessionSummary,
         write_markdown(artifacts / "drift.md", "\n\n".join(r.to_markdown() for r in summary.drift.reports.values()))
     report = ReportContext(
         title=f"Symptom-diagnosis eval session {context.session_id[:8]}",
-        params=dict(summary.params), metrics=summary.metrics, checks=summary.checks, records=summary.records,
-        confusion_pngs=pngs, html_path=str(artifacts / "report.html"), redact=redact,
+        params=dict(summary.params),
+        metrics=summary.metrics,
+        checks=summary.checks,
+        records=summary.records,
+        confusion_pngs=pngs,
+        html_path=str(artifacts / "report.html"),
+        redact=redact,
         sections=sections(summary, saved_counterexamples),
     )
     (artifacts / "report.md").write_text(render_markdown(report))
@@ -94,8 +100,15 @@ def _write_tables(directory: Path, summary: SessionSummary, redact: Redact) -> N
         pd.DataFrame(rows).to_csv(directory / "stability.csv", index=False)
 
 
-def _write_program_dir(context: SessionContext, directory: Path, name: str, m: ProgramMetrics,
-                       summary: SessionSummary, redact: Redact, png: Path) -> None:
+def _write_program_dir(
+    context: SessionContext,
+    directory: Path,
+    name: str,
+    m: ProgramMetrics,
+    summary: SessionSummary,
+    redact: Redact,
+    png: Path,
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # Demos in the state are patient texts from the train split: cleaned like every other text.
     state = clean_json(dict(context.program_states[name]), redact)
@@ -129,8 +142,11 @@ def _verdict(summary: SessionSummary) -> dict[str, Any]:
     result = verdict(summary.checks)
     result["passed"] = summary.passed
     result["incomplete"] = summary.incomplete
-    result["regression"] = (summary.regression.to_json() if summary.regression is not None
-                            else {"status": "none", "reason": "not run", "programs": {}})
+    result["regression"] = (
+        summary.regression.to_json()
+        if summary.regression is not None
+        else {"status": "none", "reason": "not run", "programs": {}}
+    )
     return result
 
 
@@ -154,12 +170,19 @@ def _session_json(context: SessionContext, summary: SessionSummary) -> dict[str,
             BRANCH_TAG: summary.params.get("git.branch", ""),
             # The regression gate's own result: `unavailable` keeps a session from promotion even
             # when `regression.on_unavailable: warn` left evals.verdict at pass.
-            **(summary.regression.tags() if summary.regression is not None
-               else {REGRESSION_TAG: "none", REGRESSION_REASON_TAG: "not run"}),
+            **(
+                summary.regression.tags()
+                if summary.regression is not None
+                else {REGRESSION_TAG: "none", REGRESSION_REASON_TAG: "not run"}
+            ),
         },
         # MLflow metric names allow no '+': "zero_shot+knn_few_shot" is logged as "zero_shot/knn_few_shot".
-        metrics={f"{name.replace('+', '/')}.{key}": value for name, entry in programs.items()
-                 for key, value in entry["metrics"].items() if "." not in key},
+        metrics={
+            f"{name.replace('+', '/')}.{key}": value
+            for name, entry in programs.items()
+            for key, value in entry["metrics"].items()
+            if "." not in key
+        },
         programs=programs,
     )
 
@@ -181,10 +204,15 @@ def _program_json(summary: SessionSummary, name: str) -> dict[str, Any]:
         metrics.update(summary.robustness.metrics.get(name, {}))
     failed = any(c.failed for c in summary.checks.get(name, []))
     tags = {}
-    gate = summary.regression.programs.get(name) if summary.regression is not None else None
-    if gate is not None:
+    regression = summary.regression
+    gate = regression.programs.get(name) if regression is not None else None
+    if regression is not None and gate is not None:
         tags[REGRESSION_TAG] = gate.status
-        failed = failed or gate.status == "fail" or (
-            gate.status == "unavailable" and summary.regression.on_unavailable == "fail")
-    return {"params": dict(summary.program_params.get(name, {"program.name": name})),
-            "tags": {VERDICT_TAG: "fail" if failed else "pass", **tags}, "metrics": metrics}
+        failed = (
+            failed or gate.status == "fail" or (gate.status == "unavailable" and regression.on_unavailable == "fail")
+        )
+    return {
+        "params": dict(summary.program_params.get(name, {"program.name": name})),
+        "tags": {VERDICT_TAG: "fail" if failed else "pass", **tags},
+        "metrics": metrics,
+    }

@@ -90,8 +90,9 @@ def finish(context: SessionContext, summary: SessionSummary) -> SessionEnd:
     if context.interrupted:
         # Ctrl-C: keep what was gathered without waiting on MLflow; `python -m evals sync` uploads it.
         spooled = _spool(context, bundle, redactor, "session interrupted")
-        end.notes.append(f"session interrupted: what was gathered is kept in {spooled}; "
-                         "upload it with: python -m evals sync")
+        end.notes.append(
+            f"session interrupted: what was gathered is kept in {spooled}; upload it with: python -m evals sync"
+        )
         return end
     _publish(context, summary, end, bundle, redactor)
     return end
@@ -117,12 +118,18 @@ def _write_gate_summary(artifacts: Path, summary: SessionSummary) -> None:
 
 
 def _spool(context: SessionContext, bundle: Path, redactor: Redactor, reason: str) -> Path:
-    return spool_bundle(bundle, context.settings.path("spool-dir"), tracking_uri=context.settings["tracking-uri"],
-                        reason=reason, redactor=redactor)
+    return spool_bundle(
+        bundle,
+        context.settings.path("spool-dir"),
+        tracking_uri=context.settings["tracking-uri"],
+        reason=reason,
+        redactor=redactor,
+    )
 
 
-def _publish(context: SessionContext, summary: SessionSummary, end: SessionEnd, bundle: Path,
-             redactor: Redactor) -> None:
+def _publish(
+    context: SessionContext, summary: SessionSummary, end: SessionEnd, bundle: Path, redactor: Redactor
+) -> None:
     """Upload and register (as ``python -m evals sync`` does), then promote; spool when MLflow is unavailable."""
     uri = context.settings["tracking-uri"]
     try:
@@ -132,8 +139,11 @@ def _publish(context: SessionContext, summary: SessionSummary, end: SessionEnd, 
             experiment_id = mlflow_client(uri).get_run(end.run_id).info.experiment_id
             end.mlflow_hint = run_url_hint(uri, experiment_id, end.run_id)
             if context.settings["promote"]:
-                end.promotions.extend(promote_session(uri, end.run_id, dict(context.policies.promote_requires),
-                                                      summary.params.get("git.commit", "")))
+                end.promotions.extend(
+                    promote_session(
+                        uri, end.run_id, dict(context.policies.promote_requires), summary.params.get("git.commit", "")
+                    )
+                )
     except TrackingUnavailable as exc:
         spooled = _spool(context, bundle, redactor, str(exc))
         message = f"{exc}; session kept in {spooled}; upload it later with: python -m evals sync"

@@ -12,12 +12,12 @@ import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 from evals.gates.thresholds import Check
 from evals.labels import slug
-from evals.stats.metrics import INVALID, DiagnosisMetrics, ProgramMetrics, worst_diagnoses
 from evals.records import ExampleRecord
+from evals.stats.metrics import INVALID, DiagnosisMetrics, ProgramMetrics, worst_diagnoses
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,8 +29,20 @@ _Tones = dict[tuple[str, str], Tone]
 MISCLASSIFIED_SHOWN = 20
 WORST_SHOWN = 5
 _SCORES = ("diagnosis", "support", "predicted", "precision", "recall", "f1")
-PREDICTION_COLUMNS = ("id", "program", "symptoms", "gold", "predicted", "correct", "latency_ms",
-                      "prompt_tokens", "completion_tokens", "error", "cached", "attempts")
+PREDICTION_COLUMNS = (
+    "id",
+    "program",
+    "symptoms",
+    "gold",
+    "predicted",
+    "correct",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "error",
+    "cached",
+    "attempts",
+)
 
 
 def identity(text: str) -> str:
@@ -76,20 +88,24 @@ class ReportContext:
     sections: Sequence[Section] = ()
 
 
-def predictions_frame(
-    records: Iterable[ExampleRecord], redact: Callable[[str], str] = identity
-) -> pd.DataFrame:
+def predictions_frame(records: Iterable[ExampleRecord], redact: Callable[[str], str] = identity) -> pd.DataFrame:
     """One row per record, sorted by program then id, with the symptoms redacted."""
     import pandas as pd
 
-    rows = [{**r.to_dict(), "id": r.example_id, "symptoms": redact(r.symptoms), "correct": r.correct,
-             "latency_ms": round(r.latency_ms, 1)} for r in _sorted(records)]
+    rows = [
+        {
+            **r.to_dict(),
+            "id": r.example_id,
+            "symptoms": redact(r.symptoms),
+            "correct": r.correct,
+            "latency_ms": round(r.latency_ms, 1),
+        }
+        for r in _sorted(records)
+    ]
     return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
 
 
-def misclassified_frame(
-    records: Iterable[ExampleRecord], redact: Callable[[str], str] = identity
-) -> pd.DataFrame:
+def misclassified_frame(records: Iterable[ExampleRecord], redact: Callable[[str], str] = identity) -> pd.DataFrame:
     """Like :func:`predictions_frame`, keeping only wrong (including invalid) answers."""
     return predictions_frame([r for r in records if not r.correct], redact)
 
@@ -206,9 +222,7 @@ def _program_table(m: ProgramMetrics, checks: Sequence[Check]) -> Table:
         if check is None:
             table.add_row(metric, _fmt(metric, float(getattr(m, metric))), "", "")
         else:
-            table.add_row(
-                metric, _fmt(metric, check.value), _limit_text(check), _verdict_markup(check)
-            )
+            table.add_row(metric, _fmt(metric, check.value), _limit_text(check), _verdict_markup(check))
     per_label = [c for c in checks if "." in c.metric]
     if per_label:
         verdict = max((_verdict(c) for c in per_label), key=("PASS", "WARN", "FAIL").index)
@@ -244,7 +258,7 @@ class _Table:
     rows: tuple[tuple[_Cell, ...], ...]
 
 
-_Block = Union[_Text, _Image, _Table]
+_Block = _Text | _Image | _Table
 
 
 def _num(text: str, tone: Tone = "") -> _Cell:
@@ -279,8 +293,18 @@ def _document(ctx: ReportContext) -> list[_Block]:
 
 
 def _summary_table(metrics: Mapping[str, ProgramMetrics], tones: _Tones) -> _Table:
-    names = ("n", "accuracy", "macro_f1", "invalid_rate", "error_rate", "latency_p50_ms",
-             "latency_p95_ms", "latency_max_ms", "prompt_tokens", "completion_tokens")
+    names = (
+        "n",
+        "accuracy",
+        "macro_f1",
+        "invalid_rate",
+        "error_rate",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_max_ms",
+        "prompt_tokens",
+        "completion_tokens",
+    )
     rows = tuple(
         (_Cell(p), *(_num(_fmt(k, float(getattr(m, k))), tones.get((p, k), "")) for k in names))
         for p, m in metrics.items()
@@ -289,15 +313,25 @@ def _summary_table(metrics: Mapping[str, ProgramMetrics], tones: _Tones) -> _Tab
 
 
 def _checks_blocks(checks: Mapping[str, Sequence[Check]]) -> list[_Block]:
-    mark: dict[str, tuple[str, Tone]] = {"PASS": ("✅", "pass"), "FAIL": ("❌", "fail"),
-                                         "WARN": ("❌ not enforced", "warn")}
+    mark: dict[str, tuple[str, Tone]] = {
+        "PASS": ("✅", "pass"),
+        "FAIL": ("❌", "fail"),
+        "WARN": ("❌ not enforced", "warn"),
+    }
     rows = []
     for check in (c for cs in checks.values() for c in cs):
         text, tone = mark[_verdict(check)]
         support = "" if check.support is None else str(check.support)
-        rows.append((_Cell(text, tone), _Cell(check.program), _Cell(check.metric),
-                     _num(_fmt(check.metric, check.value), tone),
-                     _num(_limit_text(check)), _num(support)))
+        rows.append(
+            (
+                _Cell(text, tone),
+                _Cell(check.program),
+                _Cell(check.metric),
+                _num(_fmt(check.metric, check.value), tone),
+                _num(_limit_text(check)),
+                _num(support),
+            )
+        )
     if not rows:
         return [_Text("No thresholds were checked.")]
     return [_Table(("", "program", "metric", "value", "limit", "support"), tuple(rows))]
@@ -306,8 +340,10 @@ def _checks_blocks(checks: Mapping[str, Sequence[Check]]) -> list[_Block]:
 def _diagnosis_table(rows_of: Iterable[DiagnosisMetrics], program: str, tones: _Tones) -> _Table:
     rows = []
     for d in rows_of:
-        scores = (_num(f"{getattr(d, k):.3f}", tones.get((program, f"{k}.{slug(d.diagnosis)}"), ""))
-                  for k in ("precision", "recall", "f1"))
+        scores = (
+            _num(f"{getattr(d, k):.3f}", tones.get((program, f"{k}.{slug(d.diagnosis)}"), ""))
+            for k in ("precision", "recall", "f1")
+        )
         rows.append((_Cell(d.diagnosis), _num(str(d.support)), _num(str(d.predicted)), *scores))
     return _Table(_SCORES, tuple(rows))
 
@@ -319,9 +355,16 @@ def _misclassified_blocks(ctx: ReportContext, program: str) -> list[_Block]:
     heading = _Text(f"Misclassified examples ({shown})", 3)
     if not wrong:
         return [heading, _Text("None.")]
-    rows = tuple((_Cell(r.example_id), _Cell(ctx.redact(r.symptoms)), _Cell(r.gold),
-                  _Cell(r.predicted or INVALID), _Cell(r.error or ""))
-                 for r in wrong[:MISCLASSIFIED_SHOWN])
+    rows = tuple(
+        (
+            _Cell(r.example_id),
+            _Cell(ctx.redact(r.symptoms)),
+            _Cell(r.gold),
+            _Cell(r.predicted or INVALID),
+            _Cell(r.error or ""),
+        )
+        for r in wrong[:MISCLASSIFIED_SHOWN]
+    )
     return [heading, _Table(("id", "symptoms", "gold", "predicted", "error"), rows)]
 
 
@@ -392,9 +435,7 @@ def _html_block(block: _Block) -> str:
     if isinstance(block, _Image):
         return _html_image(block)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
-    rows = "".join(
-        "<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>\n" for row in block.rows
-    )
+    rows = "".join("<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>\n" for row in block.rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
 
 

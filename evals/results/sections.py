@@ -30,20 +30,34 @@ def optimizer_gains(summary: SessionSummary) -> Section | None:
             compile_note = f"compiled: {params['compile.duration_s']} s, {params['compile.lm_calls']} LM calls"
         else:
             compile_note = "from cache"
-        rows.append((base, optimizer, f"{baseline.accuracy:.3f}" if baseline else "not run", f"{m.accuracy:.3f}",
-                     f"{m.accuracy - baseline.accuracy:+.3f}" if baseline else "", compile_note))
+        rows.append(
+            (
+                base,
+                optimizer,
+                f"{baseline.accuracy:.3f}" if baseline else "not run",
+                f"{m.accuracy:.3f}",
+                f"{m.accuracy - baseline.accuracy:+.3f}" if baseline else "",
+                compile_note,
+            )
+        )
     if not rows:
         return None
-    return Section("What the optimizers bought", ("program", "optimizer", "baseline accuracy", "compiled accuracy",
-                                                   "delta", "compile"), tuple(rows),
-                   "Accuracy of each compiled program next to its uncompiled baseline, on the same examples.")
+    return Section(
+        "What the optimizers bought",
+        ("program", "optimizer", "baseline accuracy", "compiled accuracy", "delta", "compile"),
+        tuple(rows),
+        "Accuracy of each compiled program next to its uncompiled baseline, on the same examples.",
+    )
 
 
 def sections(summary: SessionSummary, saved_counterexamples: int = 0) -> list[Section]:
     """The report sections of the session gates, in report order."""
-    candidates = (optimizer_gains(summary), regression_section(summary.regression) if summary.regression else None,
-                  drift_section(summary.drift) if summary.drift else None,
-                  robustness_section(summary.robustness, saved_counterexamples) if summary.robustness else None)
+    candidates = (
+        optimizer_gains(summary),
+        regression_section(summary.regression) if summary.regression else None,
+        drift_section(summary.drift) if summary.drift else None,
+        robustness_section(summary.robustness, saved_counterexamples) if summary.robustness else None,
+    )
     return [section for section in candidates if section is not None]
 
 
@@ -55,21 +69,36 @@ def regression_section(outcome: RegressionOutcome) -> Section | None:
             if row["verdict"] == "ok" and row["metric"] not in ("accuracy", "macro_f1"):
                 continue
             power = _fmt(comparison.min_detectable_drop) if row["metric"] == "accuracy" else ""
-            rows.append((program, str(row["metric"]), _fmt(row["champion"]), _fmt(row["candidate"]),
-                         _fmt(row["delta"], signed=True), f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
-                         _fmt(row["p_value"]), str(row["verdict"]), power))
+            rows.append(
+                (
+                    program,
+                    str(row["metric"]),
+                    _fmt(row["champion"]),
+                    _fmt(row["candidate"]),
+                    _fmt(row["delta"], signed=True),
+                    f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+                    _fmt(row["p_value"]),
+                    str(row["verdict"]),
+                    power,
+                )
+            )
     missing = {p: g for p, g in outcome.programs.items() if p not in outcome.comparisons and g.status != "skipped"}
     rows += [(program, "(not compared)", "", "", "", "", "", gate.status, "") for program, gate in missing.items()]
     if not rows:
         return None
     baselines = "; ".join(f"{p}: {b}" for p, b in outcome.baselines.items())
     reasons = " ".join(f"{p}: {g.reason}." for p, g in missing.items() if g.reason)
-    note = (f"Gate: {outcome.status}. Paired on the same examples. Baselines: {baselines or 'none'}. "
-            "Detectable drop: the smallest true accuracy drop the gate catches with 80% power on these examples "
-            f"(exact McNemar at the observed discordance). {reasons}")
-    return Section("Regression against the champion",
-                   ("program", "metric", "champion", "candidate", "delta", "interval", "p", "verdict",
-                    "detectable drop"), tuple(rows), note.strip())
+    note = (
+        f"Gate: {outcome.status}. Paired on the same examples. Baselines: {baselines or 'none'}. "
+        "Detectable drop: the smallest true accuracy drop the gate catches with 80% power on these examples "
+        f"(exact McNemar at the observed discordance). {reasons}"
+    )
+    return Section(
+        "Regression against the champion",
+        ("program", "metric", "champion", "candidate", "delta", "interval", "p", "verdict", "detectable drop"),
+        tuple(rows),
+        note.strip(),
+    )
 
 
 def _fmt(value: Any, signed: bool = False) -> str:
@@ -84,8 +113,11 @@ def gate_markdown(outcome: RegressionOutcome) -> str:
     lines += [f"> [!WARNING]\n> {warning}\n" for warning in outcome.warnings]
     for program, gate in outcome.programs.items():
         comparison = outcome.comparisons.get(program)
-        power = (f" (n={comparison.n}; minimum detectable accuracy drop {comparison.min_detectable_drop:.3f} "
-                 "at 80% power)" if comparison else "")
+        power = (
+            f" (n={comparison.n}; minimum detectable accuracy drop {comparison.min_detectable_drop:.3f} at 80% power)"
+            if comparison
+            else ""
+        )
         reason = f": {gate.reason}" if gate.reason else ""
         lines.append(f"- **{program}**: {gate.status}{power}{reason}")
     lines += [f"- ⚠️ {line}" for line in outcome.too_weak()]
@@ -106,8 +138,9 @@ def drift_section(outcome: DriftOutcome) -> Section | None:
         for row in report.as_rows():
             value = row.get("value")
             shown = f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
-            rows.append((program, str(row.get("check", "")), shown, str(row.get("limit", "")),
-                         str(row.get("verdict", ""))))
+            rows.append(
+                (program, str(row.get("check", "")), shown, str(row.get("limit", "")), str(row.get("verdict", "")))
+            )
     if not rows:
         return None
     return Section("Drift against recent sessions", ("program", "check", "value", "limit", "verdict"), tuple(rows))
@@ -115,11 +148,18 @@ def drift_section(outcome: DriftOutcome) -> Section | None:
 
 def robustness_section(outcome: RobustnessOutcome, saved: int = 0) -> Section | None:
     """The stability table of the report; ``saved``: new counterexamples written this session."""
-    rows = [(program, f"{m.get('stability', 0):.3f}", f"{m.get('robust_valid_rate', 0):.3f}",
-             str(int(m.get("robust_n", 0))))
-            for program, m in outcome.metrics.items()]
+    rows = [
+        (
+            program,
+            f"{m.get('stability', 0):.3f}",
+            f"{m.get('robust_valid_rate', 0):.3f}",
+            str(int(m.get("robust_n", 0))),
+        )
+        for program, m in outcome.metrics.items()
+    ]
     if not rows:
         return None
     note = f"{saved} new counterexample(s) saved to {REGRESSIONS_FILE}." if saved else ""
-    return Section("Robustness (meaning-preserving perturbations)", ("program", "stability", "valid rate", "n"),
-                   tuple(rows), note)
+    return Section(
+        "Robustness (meaning-preserving perturbations)", ("program", "stability", "valid rate", "n"), tuple(rows), note
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from evals.context import SessionContext
 from evals.gates.champion import RegressionOutcome, check_regressions
@@ -65,8 +66,13 @@ def summarize(context: SessionContext, view: StoreView) -> SessionSummary:
     metrics = aggregate(records)
     thresholds = context.policies.thresholds
     checks = {name: check_program(m, thresholds.for_program(name)) for name, m in metrics.items()}
-    common = {"records": records, "metrics": metrics, "incomplete": incomplete_reasons(context),
-              "params": dict(context.params), "program_params": {k: dict(v) for k, v in context.program_params.items()}}
+    common: dict[str, Any] = {
+        "records": records,
+        "metrics": metrics,
+        "incomplete": incomplete_reasons(context),
+        "params": dict(context.params),
+        "program_params": {k: dict(v) for k, v in context.program_params.items()},
+    }
     if context.policies_problem:
         # Keep and report what was gathered even though the gate could not run.
         return SessionSummary(checks={name: [] for name in metrics}, error_lines=[context.policies_problem], **common)

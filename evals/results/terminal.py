@@ -16,8 +16,13 @@ def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: A
 
     html = end.bundle_dir / "artifacts" / "report.html" if end.bundle_dir else None
     context = ReportContext(
-        title="symptom-diagnosis evals", params=dict(summary.params), metrics=summary.metrics, checks=summary.checks,
-        records=summary.records, confusion_pngs={}, mlflow_hint=end.mlflow_hint,
+        title="symptom-diagnosis evals",
+        params=dict(summary.params),
+        metrics=summary.metrics,
+        checks=summary.checks,
+        records=summary.records,
+        confusion_pngs={},
+        mlflow_hint=end.mlflow_hint,
         html_path=str(html) if html else None,
     )
     terminalreporter.section("symptom-diagnosis evals")
@@ -27,8 +32,11 @@ def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: A
                 f"{name}: {params['compile.action']} ({params['compile.duration_s']} s, "
                 f"{params['compile.lm_calls']} LM calls; key {params['compile.key']})"
             )
-    console = Console(file=terminalreporter._tw._file, width=max(terminalreporter._tw.fullwidth, 100),
-                      force_terminal=terminalreporter._tw.hasmarkup)
+    console = Console(
+        file=terminalreporter._tw._file,
+        width=max(terminalreporter._tw.fullwidth, 100),
+        force_terminal=terminalreporter._tw.hasmarkup,
+    )
     render_terminal(context, console)
     for section in sections(summary, end.saved_counterexamples):
         _render_section(section, console)

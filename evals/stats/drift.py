@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from evals.stats.metrics import INVALID
-from evals.records import ExampleRecord
 from evals.config.policies import DriftPolicy
+from evals.records import ExampleRecord
+from evals.stats.metrics import INVALID
 
 BandVerdict = Literal["within band", "below band", "above band", "not enough history"]
 _CAUSES = {
@@ -44,9 +44,7 @@ _WHY = {
 }
 
 
-def control_band(
-    history_accuracies: Sequence[float], k: float, *, min_sd: float = 0.0
-) -> tuple[float, float, float]:
+def control_band(history_accuracies: Sequence[float], k: float, *, min_sd: float = 0.0) -> tuple[float, float, float]:
     """Return ``(mean - k·sd, mean, mean + k·sd)`` of past accuracies.
 
     Args:
@@ -77,9 +75,7 @@ def churn(current: Sequence[ExampleRecord], previous: Sequence[ExampleRecord]) -
     return changed / common
 
 
-def _churn_counts(
-    current: Sequence[ExampleRecord], previous: Sequence[ExampleRecord]
-) -> tuple[int, int]:
+def _churn_counts(current: Sequence[ExampleRecord], previous: Sequence[ExampleRecord]) -> tuple[int, int]:
     now, before = _predictions(current, "current"), _predictions(previous, "previous")
     common = now.keys() & before.keys()
     if not common:
@@ -96,9 +92,7 @@ def _predictions(records: Sequence[ExampleRecord], run: str) -> dict[str, str | 
     return predictions
 
 
-def label_shift(
-    current: Sequence[ExampleRecord], previous: Sequence[ExampleRecord]
-) -> tuple[float, float]:
+def label_shift(current: Sequence[ExampleRecord], previous: Sequence[ExampleRecord]) -> tuple[float, float]:
     """Chi-square test of homogeneity of the predicted-label distributions of two runs.
 
     The table is 2 × K over the labels predicted in either run, with invalid answers as a
@@ -132,9 +126,7 @@ def _label_counts(records: Sequence[ExampleRecord]) -> dict[str, int]:
     return counts
 
 
-def lm_fingerprint(
-    spec_params: Mapping[str, str], backend_version: str, probe_answers: Sequence[str]
-) -> str:
+def lm_fingerprint(spec_params: Mapping[str, str], backend_version: str, probe_answers: Sequence[str]) -> str:
     """Hex sha256 of the canonical JSON of what identifies the LM's behaviour.
 
     Args:
@@ -247,24 +239,44 @@ class DriftReport:
         band = "" if self.band is None else f"[{self.band[0]:.3f}, {self.band[2]:.3f}]"
         no_band = f"needs {policy.min_history} nights, have {len(self.history)}"
         return [
-            _row("accuracy", self.accuracy, band or no_band,
-                 None if self.band is None else self.band_verdict != "within band"),
-            _row("churn", self.churn, f"≤ {policy.max_churn:.3f}",
-                 None if self.churn is None else self.churn_alarm),
-            _row("label shift p-value", self.p_value, f"≥ {policy.alpha:g}",
-                 None if self.p_value is None else self.shift_alarm),
-            {"check": "LM fingerprint", "value": None, "limit": "",
-             "verdict": "changed" if self.lm_changed else "unchanged"},
-            {"check": "program hash", "value": None, "limit": "",
-             "verdict": "changed" if self.program_changed else "unchanged"},
+            _row(
+                "accuracy",
+                self.accuracy,
+                band or no_band,
+                None if self.band is None else self.band_verdict != "within band",
+            ),
+            _row("churn", self.churn, f"≤ {policy.max_churn:.3f}", None if self.churn is None else self.churn_alarm),
+            _row(
+                "label shift p-value",
+                self.p_value,
+                f"≥ {policy.alpha:g}",
+                None if self.p_value is None else self.shift_alarm,
+            ),
+            {
+                "check": "LM fingerprint",
+                "value": None,
+                "limit": "",
+                "verdict": "changed" if self.lm_changed else "unchanged",
+            },
+            {
+                "check": "program hash",
+                "value": None,
+                "limit": "",
+                "verdict": "changed" if self.program_changed else "unchanged",
+            },
         ]
 
     def to_markdown(self) -> str:
         """A GitHub job summary: alarm lines, then the table of checks."""
         alarms = [f"- ⚠️ {line}" for line in self.alarms()]
-        lines = [f"### {self.program}: nightly drift (n={self.n})", "",
-                 *(alarms or [f"No drift alarm (cause if anything moved: {self.cause})."]), "",
-                 "| Check | Value | Limit | Verdict |", "|---|---:|---|---|"]
+        lines = [
+            f"### {self.program}: nightly drift (n={self.n})",
+            "",
+            *(alarms or [f"No drift alarm (cause if anything moved: {self.cause})."]),
+            "",
+            "| Check | Value | Limit | Verdict |",
+            "|---|---:|---|---|",
+        ]
         for row in self.as_rows():
             value = row["value"]
             tiny = value is not None and value < 1e-3 and row["check"].endswith("p-value")
@@ -308,7 +320,7 @@ def assess(
     """
     policy = policy or DriftPolicy()
     n = len(current_records)
-    history = tuple(float(value) for value in history_accuracies)[-policy.window:]
+    history = tuple(float(value) for value in history_accuracies)[-policy.window :]
     band = None
     if len(history) >= policy.min_history:
         band = control_band(history, policy.band_k, min_sd=1 / n if n else 0.0)

@@ -79,12 +79,9 @@ def aggregate(records: Iterable[ExampleRecord]) -> dict[str, ProgramMetrics]:
     ordered = sorted(records, key=lambda r: (r.program, r.example_id))
     for before, after in zip(ordered, ordered[1:]):
         if (before.program, before.example_id) == (after.program, after.example_id):
-            raise ValueError(
-                f"duplicate record for program {after.program!r}, example {after.example_id!r}"
-            )
+            raise ValueError(f"duplicate record for program {after.program!r}, example {after.example_id!r}")
     return {
-        program: _program_metrics(program, list(group))
-        for program, group in groupby(ordered, key=lambda r: r.program)
+        program: _program_metrics(program, list(group)) for program, group in groupby(ordered, key=lambda r: r.program)
     }
 
 
@@ -96,9 +93,7 @@ def _confusion(records: Sequence[ExampleRecord]) -> tuple[tuple[int, ...], ...]:
         if record.gold not in index:
             raise ValueError(f"example {record.example_id!r}: {unknown_label_message(record.gold)}")
         if record.predicted is not None and record.predicted not in index:
-            raise ValueError(
-                f"example {record.example_id!r}: {unknown_label_message(record.predicted)}"
-            )
+            raise ValueError(f"example {record.example_id!r}: {unknown_label_message(record.predicted)}")
         column = len(DIAGNOSES) if record.predicted is None else index[record.predicted]
         counts[index[record.gold]][column] += 1
     return tuple(tuple(row) for row in counts)
@@ -197,15 +192,7 @@ def metrics_from_dict(d: Mapping[str, Any]) -> ProgramMetrics:
     """
     confusion = tuple(tuple(int(c) for c in row) for row in d["confusion"])
     if len(confusion) != len(DIAGNOSES) or any(len(r) != len(DIAGNOSES) + 1 for r in confusion):
-        raise ValueError(
-            f"confusion must be {len(DIAGNOSES)} rows of {len(DIAGNOSES) + 1} counts"
-        )
-    scalars = {
-        f.name: d[f.name]
-        for f in fields(ProgramMetrics)
-        if f.name not in ("per_diagnosis", "confusion")
-    }
-    per_diagnosis = {
-        name: DiagnosisMetrics(**dict(item)) for name, item in d["per_diagnosis"].items()
-    }
+        raise ValueError(f"confusion must be {len(DIAGNOSES)} rows of {len(DIAGNOSES) + 1} counts")
+    scalars = {f.name: d[f.name] for f in fields(ProgramMetrics) if f.name not in ("per_diagnosis", "confusion")}
+    per_diagnosis = {name: DiagnosisMetrics(**dict(item)) for name, item in d["per_diagnosis"].items()}
     return ProgramMetrics(**scalars, per_diagnosis=per_diagnosis, confusion=confusion)

@@ -79,9 +79,7 @@ def discordance_estimate(n: int, b: int, c: int) -> float:
     return max(b + c, 1) / n if n else 1.0
 
 
-def minimum_detectable_drop(
-    n: int, discordance: float, alpha: float, max_drop: float, power: float = POWER
-) -> float:
+def minimum_detectable_drop(n: int, discordance: float, alpha: float, max_drop: float, power: float = POWER) -> float:
     """The smallest true accuracy drop the rule flags with probability >= ``power``.
 
     Searched on a 0.01 grid, then refined to 0.001 (the result is rounded up to it).

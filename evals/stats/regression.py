@@ -39,9 +39,9 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from evals.config.policies import MismatchMode, RegressionPolicy
 from evals.labels import DIAGNOSES, slug, unknown_label_message
 from evals.records import ExampleRecord
-from evals.config.policies import MismatchMode, RegressionPolicy
 
 Verdict = Literal["regression", "improvement", "ok", "report only"]
 _K = len(DIAGNOSES)  # label index _K stands for an invalid answer
@@ -130,8 +130,10 @@ class Comparison:
         found = self.min_detectable_drop
         if limit is None or found <= limit:
             return None
-        return (f"{self.program}: comparison too weak: on n={self.n} it could only see accuracy drops of "
-                f"≥ {found:.2f}, thresholds require {limit:.2f} (regression.max_detectable_drop)")
+        return (
+            f"{self.program}: comparison too weak: on n={self.n} it could only see accuracy drops of "
+            f"≥ {found:.2f}, thresholds require {limit:.2f} (regression.max_detectable_drop)"
+        )
 
     @property
     def deltas(self) -> tuple[Delta, ...]:
@@ -154,16 +156,17 @@ class Comparison:
             assert d.candidate_ci is not None and d.support is not None  # recall deltas
             fired = _recall_rule(d.champion, d.candidate_ci, self.policy)
             if d.verdict == "report only" and fired != "ok":
-                lines.append(f"{_line(self, d, fired)}, but report only: n={d.support} < "
-                             f"min_diagnosis_support {self.policy.min_diagnosis_support}")
+                lines.append(
+                    f"{_line(self, d, fired)}, but report only: n={d.support} < "
+                    f"min_diagnosis_support {self.policy.min_diagnosis_support}"
+                )
         return lines
 
     def as_rows(self) -> list[dict[str, Any]]:
         """Rows of a comparison table, one per :attr:`deltas` entry, with keys ``metric``,
         ``champion``, ``candidate``, ``delta``, ``ci_low``, ``ci_high``, ``p_value``,
         ``verdict`` and ``support`` (None for accuracy and macro-F1)."""
-        keys = ("metric", "champion", "candidate", "delta", "ci_low", "ci_high", "p_value",
-                "verdict", "support")
+        keys = ("metric", "champion", "candidate", "delta", "ci_low", "ci_high", "p_value", "verdict", "support")
         return [{key: getattr(d, key) for key in keys} for d in self.deltas]
 
     def to_markdown(self) -> str:
@@ -209,8 +212,7 @@ def pair_records(
             f"{name}: {len(changed)} shared example ids have another gold label in the "
             f"champion (first: {changed[0]!r}), so the sessions ran on different data; {advice}"
         )
-    return Paired(name, tuple(new[i] for i in common), tuple(old[i] for i in common),
-                  only_new, only_old)
+    return Paired(name, tuple(new[i] for i in common), tuple(old[i] for i in common), only_new, only_old)
 
 
 def _by_id(records: Sequence[ExampleRecord], side: str) -> dict[str, ExampleRecord]:
@@ -267,9 +269,7 @@ def compare(
     )
 
 
-def _encode(
-    records: Sequence[ExampleRecord], label_of: Callable[[ExampleRecord], str | None]
-) -> _Array:
+def _encode(records: Sequence[ExampleRecord], label_of: Callable[[ExampleRecord], str | None]) -> _Array:
     """Label indices in ``DIAGNOSES`` order; None (invalid) becomes ``_K``."""
     codes = np.empty(len(records), dtype=np.int64)
     for i, record in enumerate(records):
@@ -288,9 +288,7 @@ def mcnemar_p(b: int, c: int) -> float:
     return 1.0 if b + c == 0 else min(1.0, float(mcnemar([[0, b], [c, 0]], exact=True).pvalue))
 
 
-def _accuracy_delta(
-    gold: _Array, new: _Array, old: _Array, samples: _Array, policy: RegressionPolicy
-) -> Delta:
+def _accuracy_delta(gold: _Array, new: _Array, old: _Array, samples: _Array, policy: RegressionPolicy) -> Delta:
     diff = (new == gold).astype(np.float64) - (old == gold).astype(np.float64)
     low, high = _percentile_interval(diff[samples].mean(axis=1), policy.alpha)
     champion, candidate = float(np.mean(old == gold)), float(np.mean(new == gold))
@@ -302,9 +300,7 @@ def _accuracy_delta(
     return Delta("accuracy", "accuracy", champion, candidate, low, high, verdict, p_value)
 
 
-def _macro_f1_delta(
-    gold: _Array, new: _Array, old: _Array, samples: _Array, policy: RegressionPolicy
-) -> Delta:
+def _macro_f1_delta(gold: _Array, new: _Array, old: _Array, samples: _Array, policy: RegressionPolicy) -> Delta:
     whole = np.arange(len(gold))[None, :]
     champion, candidate = float(macro_f1(gold, old, whole)[0]), float(macro_f1(gold, new, whole)[0])
     resampled = macro_f1(gold, new, samples) - macro_f1(gold, old, samples)
@@ -346,9 +342,7 @@ def _percentile_interval(values: _Array, alpha: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _recall_deltas(
-    gold: _Array, new: _Array, old: _Array, policy: RegressionPolicy
-) -> tuple[Delta, ...]:
+def _recall_deltas(gold: _Array, new: _Array, old: _Array, policy: RegressionPolicy) -> tuple[Delta, ...]:
     """Recall deltas of the diagnoses present among the paired examples, in label order."""
     from statsmodels.stats.proportion import proportion_confint  # slow import
 
@@ -369,8 +363,21 @@ def _recall_deltas(
         fired = _recall_rule(before, new_ci, policy)
         verdict: Verdict = "report only" if n[j] < policy.min_diagnosis_support else fired
         diagnosis = DIAGNOSES[label]
-        deltas.append(Delta(f"recall.{slug(diagnosis)}", f"recall of {diagnosis!r}", before,
-                            after, low, high, verdict, None, int(n[j]), old_ci, new_ci))
+        deltas.append(
+            Delta(
+                f"recall.{slug(diagnosis)}",
+                f"recall of {diagnosis!r}",
+                before,
+                after,
+                low,
+                high,
+                verdict,
+                None,
+                int(n[j]),
+                old_ci,
+                new_ci,
+            )
+        )
     return tuple(deltas)
 
 
@@ -389,44 +396,61 @@ def _line(c: Comparison, d: Delta, verdict: str | None = None) -> str:
         why = f"Δ {_signed(d.delta)}, {level} CI [{_num(d.ci_low)}, {_num(d.ci_high)}], {test}"
     else:
         drop = _num(c.policy.max_diagnosis_drop)
-        bound = (f"upper bound {_num(d.candidate_ci[1])} < {_num(d.champion)} − {drop}"
-                 if (verdict or d.verdict) == "regression"
-                 else f"lower bound {_num(d.candidate_ci[0])} > {_num(d.champion)} + {drop}")
+        bound = (
+            f"upper bound {_num(d.candidate_ci[1])} < {_num(d.champion)} − {drop}"
+            if (verdict or d.verdict) == "regression"
+            else f"lower bound {_num(d.candidate_ci[0])} > {_num(d.champion)} + {drop}"
+        )
         why = f"n={d.support}, candidate {level} Wilson {bound}"
     verdict = verdict or d.verdict
     article = "an" if verdict[0] in "aeiou" else "a"
-    return (f"{c.program}: {d.label} {_num(d.champion)} → {_num(d.candidate)} ({why}) "
-            f"is {article} {verdict}")
+    return f"{c.program}: {d.label} {_num(d.champion)} → {_num(d.candidate)} ({why}) is {article} {verdict}"
 
 
 def _markdown(c: Comparison) -> str:
     level = c.policy.confidence
     lines = [f"### {c.program}: candidate vs champion (n={c.n}, {level} intervals)", ""]
     if c.only_in_candidate or c.only_in_champion:
-        lines += [f"Compared on the {c.n} shared examples; {c.only_in_candidate} only in the "
-                  f"candidate and {c.only_in_champion} only in the champion were left out.", ""]
+        lines += [
+            f"Compared on the {c.n} shared examples; {c.only_in_candidate} only in the "
+            f"candidate and {c.only_in_champion} only in the champion were left out.",
+            "",
+        ]
     flagged = [f"- ❌ {line}" for line in c.regressions()]
     flagged += [f"- ✅ {line}" for line in c.improvements()]
     flagged += [f"- ℹ️ {line}" for line in c.notes()]
     lines += [*(flagged or ["No regression and no improvement beyond noise and tolerance."]), ""]
-    lines += [f"Power: on these {c.n} examples the gate catches a true accuracy drop of "
-              f"{_num(c.min_detectable_drop)} or more with 80% probability (minimum detectable drop).", ""]
-    lines += [f"| Metric | Champion | Candidate | Δ | {level} CI of Δ | p | Verdict |",
-              "|---|---:|---:|---:|---|---:|---|"]
+    lines += [
+        f"Power: on these {c.n} examples the gate catches a true accuracy drop of "
+        f"{_num(c.min_detectable_drop)} or more with 80% probability (minimum detectable drop).",
+        "",
+    ]
+    lines += [
+        f"| Metric | Champion | Candidate | Δ | {level} CI of Δ | p | Verdict |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
     for d in (c.accuracy, c.macro_f1):
         p_value = "—" if d.p_value is None else _p(d.p_value)[1:].lstrip("=")
-        lines.append(f"| {d.label} | {_num(d.champion)} | {_num(d.candidate)} | "
-                     f"{_signed(d.delta)} | [{_num(d.ci_low)}, {_num(d.ci_high)}] | "
-                     f"{p_value} | {d.verdict} |")
-    lines += ["", f"<details><summary>Recall per diagnosis (Wilson {level} intervals; McNemar "
-              f"b={c.mcnemar_b}, c={c.mcnemar_c})</summary>", "",
-              "| Diagnosis | n | Champion | Candidate | Δ | Verdict |",
-              "|---|---:|---|---|---:|---|"]
+        lines.append(
+            f"| {d.label} | {_num(d.champion)} | {_num(d.candidate)} | "
+            f"{_signed(d.delta)} | [{_num(d.ci_low)}, {_num(d.ci_high)}] | "
+            f"{p_value} | {d.verdict} |"
+        )
+    lines += [
+        "",
+        f"<details><summary>Recall per diagnosis (Wilson {level} intervals; McNemar "
+        f"b={c.mcnemar_b}, c={c.mcnemar_c})</summary>",
+        "",
+        "| Diagnosis | n | Champion | Candidate | Δ | Verdict |",
+        "|---|---:|---|---|---:|---|",
+    ]
     for d in c.per_diagnosis:
         diagnosis = d.metric.removeprefix("recall.").replace("_", " ")  # undoes labels.slug
-        lines.append(f"| {diagnosis} | {d.support} | {_with_ci(d.champion, d.champion_ci)} | "
-                     f"{_with_ci(d.candidate, d.candidate_ci)} | {_signed(d.delta)} | "
-                     f"{d.verdict} |")
+        lines.append(
+            f"| {diagnosis} | {d.support} | {_with_ci(d.champion, d.champion_ci)} | "
+            f"{_with_ci(d.candidate, d.candidate_ci)} | {_signed(d.delta)} | "
+            f"{d.verdict} |"
+        )
     return "\n".join([*lines, "", "</details>", ""])
 
 

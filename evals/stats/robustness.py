@@ -16,7 +16,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,7 @@ def case_from_record(record: StabilityRecord, text: str, found_at: str | None = 
         "perturbations": list(record.perturbations),
         "original_prediction": record.original,
         "perturbed_prediction": record.perturbed,
-        "found_at": found_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "found_at": found_at or datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

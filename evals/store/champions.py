@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from evals.records import ExampleRecord
 from evals.store.client import mlflow_client
@@ -49,7 +49,8 @@ def find_champion(tracking_uri: str, program: str) -> Champion | None:
         if is_missing(exc):
             return None
         raise
-    return Champion(program, str(version.version), version.run_id, tuple(run_records(client, version.run_id, program)))
+    run_id = cast(str, version.run_id)  # a champion is always registered from a run
+    return Champion(program, str(version.version), run_id, tuple(run_records(client, run_id, program)))
 
 
 def is_missing(exc: BaseException) -> bool:
@@ -88,8 +89,12 @@ def run_records(client: Any, run_id: str, program: str) -> list[ExampleRecord]:
         frame = pd.read_csv(path, keep_default_na=False)
     return [
         ExampleRecord(
-            program=program, example_id=str(row["id"]), symptoms=str(row["symptoms"]), gold=str(row["gold"]),
-            predicted=str(row["predicted"]) or None, latency_ms=float(row["latency_ms"] or 0),
+            program=program,
+            example_id=str(row["id"]),
+            symptoms=str(row["symptoms"]),
+            gold=str(row["gold"]),
+            predicted=str(row["predicted"]) or None,
+            latency_ms=float(row["latency_ms"] or 0),
             error=str(row["error"]) or None,
         )
         for row in frame.to_dict("records")
@@ -115,7 +120,8 @@ def drift_history(tracking_uri: str, experiment: str, program: str, sample_fp: s
     runs = client.search_runs(
         [found.experiment_id],
         filter_string=f"tags.`{PROGRAM_TAG}` = '{program}' and params.`{SAMPLE_PARAM}` = '{sample_fp}'",
-        order_by=["attributes.start_time DESC"], max_results=window,
+        order_by=["attributes.start_time DESC"],
+        max_results=window,
     )
     return [
         HistoryEntry(

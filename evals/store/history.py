@@ -152,8 +152,7 @@ def sessions_table(sessions: Sequence[Session]) -> Table:
         table.add_column(f"{escape(program)} acc", justify="right", no_wrap=True)
     for session in sessions:
         accuracies = [
-            _number(session.programs[p].metrics.get("accuracy") if p in session.programs else None)
-            for p in programs
+            _number(session.programs[p].metrics.get("accuracy") if p in session.programs else None) for p in programs
         ]
         table.add_row(
             time.strftime("%Y-%m-%d %H:%M", time.localtime(session.started_at)),
@@ -190,9 +189,7 @@ def compare_table(a: Session, b: Session, deltas: Sequence[Delta]) -> Table:
 
 
 def _session(client: MlflowClient, experiment_id: str, run: Run) -> Session:
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'"
-    )
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'")
     programs = {
         name: ProgramResult(name, child.info.run_id, dict(child.data.metrics))
         for child in children

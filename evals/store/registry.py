@@ -16,8 +16,8 @@ from evals.store.client import mlflow_client
 from evals.store.schema import (
     CANDIDATE,
     CHAMPION,
-    COMPLETE_TAG,
     COMPILED_ARTIFACT,
+    COMPLETE_TAG,
     PARENT_TAG,
     PROGRAM_TAG,
     REGRESSION_REASON_TAG,
@@ -71,8 +71,10 @@ def _version_for_run(client: Any, name: str, run: Any) -> str:
         if version.run_id == run.info.run_id:
             return str(version.version)
     source = f"{run.info.artifact_uri.rstrip('/')}/{COMPILED_ARTIFACT}"
-    tags = {"evals.compile_key": run.data.params.get("compile.key", ""),
-            "evals.session_run": run.data.tags.get(PARENT_TAG, "")}
+    tags = {
+        "evals.compile_key": run.data.params.get("compile.key", ""),
+        "evals.session_run": run.data.tags.get(PARENT_TAG, ""),
+    }
     created = client.create_model_version(name, source, run_id=run.info.run_id, tags=tags)
     return str(created.version)
 
@@ -96,15 +98,18 @@ def promotion_blockers(session_tags: dict[str, str], params: dict[str, str], req
     return blockers
 
 
-def promote_session(tracking_uri: str, session_run_id: str, required: dict[str, str], git_commit: str = ""
-                    ) -> list[str]:
+def promote_session(
+    tracking_uri: str, session_run_id: str, required: dict[str, str], git_commit: str = ""
+) -> list[str]:
     """Move ``champion`` to every candidate version registered from this session; return what happened."""
     client = mlflow_client(tracking_uri)
     parent = client.get_run(session_run_id)
     blockers = promotion_blockers(parent.data.tags, parent.data.params, required)
     if blockers:
         return [f"promotion refused for session {session_run_id}: {reason}" for reason in blockers]
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{session_run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{session_run_id}'"
+    )
     lines = []
     for child in children:
         program = child.data.tags.get(PROGRAM_TAG) or child.info.run_name
@@ -129,8 +134,9 @@ def rollback(tracking_uri: str, program: str, git_commit: str = "") -> str:
     previous = current.tags.get("evals.previous_champion", "")
     if not previous:
         return f"{program}: champion version {current.version} has no previous champion to restore"
-    return _move_champion(client, program, previous, current.tags.get("evals.session_run", ""), git_commit,
-                          action="rolled back")
+    return _move_champion(
+        client, program, previous, current.tags.get("evals.session_run", ""), git_commit, action="rolled back"
+    )
 
 
 def _version_of_run(client: Any, name: str, run_id: str) -> str | None:
@@ -150,13 +156,20 @@ def _move_champion(client: Any, program: str, version: str, session_run_id: str,
         previous = ""
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     client.set_registered_model_alias(name, CHAMPION, version)
-    audit = {"evals.previous_champion": previous, "evals.promoted_at": when, "evals.git_commit": git_commit,
-             "evals.session_run": session_run_id, "evals.action": action}
+    audit = {
+        "evals.previous_champion": previous,
+        "evals.promoted_at": when,
+        "evals.git_commit": git_commit,
+        "evals.session_run": session_run_id,
+        "evals.action": action,
+    }
     for key, value in audit.items():
         if key != "evals.previous_champion" or action == "promoted":
             client.set_model_version_tag(name, version, key, value)
     if session_run_id:
-        client.set_tag(session_run_id, f"evals.{action.replace(' ', '_')}.{program.replace('+', '.')}",
-                       f"{previous or 'none'} -> {version} at {when}")
+        client.set_tag(
+            session_run_id,
+            f"evals.{action.replace(' ', '_')}.{program.replace('+', '.')}",
+            f"{previous or 'none'} -> {version} at {when}",
+        )
     return f"{program}: {action} {name} version {previous or 'none'} -> {version}"
-

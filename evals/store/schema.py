@@ -115,8 +115,16 @@ class Bundle:
 
 
 def session_json(
-    *, session_id: str, experiment: str, run_name: str, started_at: float, finished_at: float, status: str,
-    params: Mapping[str, str], tags: Mapping[str, str], metrics: Mapping[str, float],
+    *,
+    session_id: str,
+    experiment: str,
+    run_name: str,
+    started_at: float,
+    finished_at: float,
+    status: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
     programs: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
     """The content of ``session.json`` (what :meth:`Bundle.load` reads back)."""

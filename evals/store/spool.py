@@ -33,9 +33,9 @@ from typing import Any
 
 from evals import secrets
 from evals.errors import ConfigError
-from evals.store.publish import publish_bundle
 from evals.redact import Redactor
 from evals.store.client import TrackingUnavailable, display_uri
+from evals.store.publish import publish_bundle
 from evals.store.schema import Bundle
 
 SYNCED = "synced"
@@ -181,9 +181,7 @@ def _move_to_synced(entry: Path, spool_dir: Path) -> Path:
     return target
 
 
-def _write_spool_files(
-    copy: Path, tracking_uri: str | None, reason: str, redactor: Redactor | None
-) -> None:
+def _write_spool_files(copy: Path, tracking_uri: str | None, reason: str, redactor: Redactor | None) -> None:
     now = time.time()
     meta: dict[str, Any] = {
         "format": 1,

@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 
     from evals.redact import Redactor
 
-TEXT_SUFFIXES = frozenset(
-    {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".html", ".yaml", ".yml", ".log"}
-)
+TEXT_SUFFIXES = frozenset({".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".html", ".yaml", ".yml", ".log"})
 """Artifacts with these suffixes are scrubbed of secrets before upload; others are copied."""
 PROSE_SUFFIXES = frozenset(".txt .md .html .log .jsonl".split())
 """Free-text artifacts, which also pass through the redactor (tables are redacted when written)."""
@@ -47,6 +45,8 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
+
+
 def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None = None) -> str:
     """Log a session bundle to MLflow exactly once and return the parent run id.
 
@@ -117,17 +117,13 @@ def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> l
 
 def delete_run_tree(client: MlflowClient, experiment_id: str, run_id: str) -> None:
     """Delete a parent run and its active nested runs (children first)."""
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000
-    )
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000)
     for child in children:
         client.delete_run(child.info.run_id)
     client.delete_run(run_id)
 
 
-def _upload(
-    client: MlflowClient, experiment_id: str, session: Bundle, redactor: Redactor | None
-) -> str:
+def _upload(client: MlflowClient, experiment_id: str, session: Bundle, redactor: Redactor | None) -> str:
     start_ms, end_ms = _millis(session.started_at), _millis(session.finished_at)
     tags = {SESSION_TAG: session.session_id}
     parent_id = client.create_run(experiment_id, start_ms, tags, session.run_name).info.run_id
@@ -144,9 +140,7 @@ def _upload(
     return str(parent_id)
 
 
-def _log_data(
-    client: MlflowClient, run_id: str, data: RunData, timestamp_ms: int, redactor: Redactor | None
-) -> None:
+def _log_data(client: MlflowClient, run_id: str, data: RunData, timestamp_ms: int, redactor: Redactor | None) -> None:
     """Log params, tags and metrics in batches within MLflow's per-request limits."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -157,9 +151,7 @@ def _log_data(
         client.log_batch(run_id, metrics=metrics_batch, params=params_batch, tags=tags_batch)
 
 
-def batches(
-    params: Sequence[P], tags: Sequence[T], metrics: Sequence[M]
-) -> Iterator[tuple[list[P], list[T], list[M]]]:
+def batches(params: Sequence[P], tags: Sequence[T], metrics: Sequence[M]) -> Iterator[tuple[list[P], list[T], list[M]]]:
     """Split params, tags and metrics into as few ``log_batch`` requests as MLflow allows."""
     p, t, m = list(params), list(tags), list(metrics)
     while p or t or m:
@@ -175,9 +167,7 @@ def _clean(values: Mapping[str, str], redactor: Redactor | None) -> dict[str, st
     return redactor.mapping(secrets.scrub(values)) if redactor else secrets.scrub(values)
 
 
-def _log_artifact_dir(
-    client: MlflowClient, run_id: str, source: Path, redactor: Redactor | None
-) -> None:
+def _log_artifact_dir(client: MlflowClient, run_id: str, source: Path, redactor: Redactor | None) -> None:
     """Log a directory's files (sub-paths kept) after redacting and scrubbing text files."""
     if not source.is_dir() or not any(p.is_file() for p in source.rglob("*")):
         return

@@ -45,7 +45,9 @@ class StoreView:
 def regression_skipped(context: SessionContext) -> str:
     """The flag that turned the regression gate off, or ``""`` when it runs."""
     settings = context.settings
-    return "--evals-no-regression" if settings["no-regression"] else "--evals-no-mlflow" if settings["no-mlflow"] else ""
+    return (
+        "--evals-no-regression" if settings["no-regression"] else "--evals-no-mlflow" if settings["no-mlflow"] else ""
+    )
 
 
 def drift_enabled(context: SessionContext) -> bool:
@@ -90,8 +92,9 @@ def read_history(context: SessionContext) -> dict[str, list[HistoryEntry] | Unav
         sample_fp = context.program_params[program][SAMPLE_PARAM]
         try:
             with mlflow_errors(settings["tracking-uri"]):
-                history[program] = drift_history(settings["tracking-uri"], settings["experiment"], program, sample_fp,
-                                                 window)
+                history[program] = drift_history(
+                    settings["tracking-uri"], settings["experiment"], program, sample_fp, window
+                )
         except TrackingUnavailable as exc:
             history[program] = Unavailable(str(exc), exc.unreachable)
     return history
