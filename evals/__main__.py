@@ -171,7 +171,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     try:
-        from bench import Plan, check_program, render_table, run_bench, write_report
+        from bench import check_program, run_bench, write_report
+        from bench.processes import Plan
+        from bench.results import render_table
     except ModuleNotFoundError as exc:
         if exc.name != "bench":
             raise

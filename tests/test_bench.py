@@ -8,33 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from bench import (
-    ORDER,
-    PAIRED,
-    QUICK_DIAGNOSES,
-    BenchError,
-    BenchReport,
+from bench import ORDER, PAIRED, _overhead, _parallel, _row, write_report
+from bench.children import build_synthetic_bundle, synthetic_records
+from bench.common import QUICK_DIAGNOSES, BenchError
+from bench.processes import (
     ChildRun,
-    Goal,
     HarnessRun,
     Plan,
     ProcessRun,
-    Row,
     TreeSampler,
     _children_by_ppid,
-    _overhead,
-    _parallel,
-    _row,
-    build_synthetic_bundle,
     children,
-    format_value,
-    ratio,
-    render_markdown,
-    render_table,
     run_process,
-    synthetic_records,
-    write_report,
 )
+from bench.results import BenchReport, Goal, Row, format_value, ratio, render_markdown, render_table
 
 HOLD_50MB = "import time; x=bytearray(50_000_000); time.sleep(1)"
 MACHINE = {"nproc": 2, "cpu": "Test CPU", "ram_gib": 8.0, "load_start": 0.5, "load_end": 0.7}
