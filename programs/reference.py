@@ -42,9 +42,8 @@ class TfidfLogRegProgram(dspy.Module):
         from sklearn.pipeline import make_pipeline
 
         if len({label for _, label in pairs}) < 2:
-            raise ValueError(
-                f"{STATE_KEY} needs training examples of at least two diagnoses, got {len(pairs)} example(s)"
-            )
+            raise ValueError(f"{STATE_KEY} needs training examples of at least two diagnoses, got {len(pairs)} "
+                             "example(s)")
         self._pairs = pairs
         self._model = make_pipeline(
             TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1, stop_words="english"),
@@ -63,15 +62,8 @@ class TfidfLogRegProgram(dspy.Module):
 
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
         """JSON state: the training pairs and settings (the fit is rebuilt from them on load)."""
-        return {
-            STATE_KEY: {
-                "format": FORMAT,
-                "c": self.c,
-                "seed": self.seed,
-                "fingerprint": self.train_fingerprint,
-                "train": [list(pair) for pair in self._pairs],
-            }
-        }
+        return {STATE_KEY: {"format": FORMAT, "c": self.c, "seed": self.seed, "fingerprint": self.train_fingerprint,
+                            "train": [list(pair) for pair in self._pairs]}}
 
     def load_state(self, state: dict[str, Any]) -> TfidfLogRegProgram:
         """Refit from a :meth:`dump_state` dict; a state of another shape raises ValueError."""
