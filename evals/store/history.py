@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from evals.errors import ConfigError
 from evals.store.client import display_uri, mlflow_errors
-from evals.store.schema import PARENT_TAG, PROGRAM_TAG, SESSION_TAG
+from evals.store.schema import BRANCH_TAG, PARENT_TAG, PROGRAM_TAG, SESSION_TAG, TRIGGER_TAG, VERDICT_TAG
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -29,7 +29,7 @@ RECALL_PREFIX = "recall."
 """Per-diagnosis recalls (``recall.<slug>``) are compared only where they changed."""
 
 LOWER_IS_BETTER = frozenset({"invalid_rate", "error_rate"})
-BRANCH_TAGS = ("evals.git_branch", "git.branch", "mlflow.source.git.branch")
+BRANCH_TAGS = ("evals.git_branch", BRANCH_TAG, "mlflow.source.git.branch")
 """Tags that may hold the git branch, first found wins."""
 
 _EPSILON = 1e-9
@@ -57,11 +57,11 @@ class Session:
 
     @property
     def verdict(self) -> str:
-        return self.tags.get("evals.verdict", "")
+        return self.tags.get(VERDICT_TAG, "")
 
     @property
     def trigger(self) -> str:
-        return self.tags.get("evals.trigger", "")
+        return self.tags.get(TRIGGER_TAG, "")
 
     @property
     def branch(self) -> str:
