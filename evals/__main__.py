@@ -87,7 +87,8 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from evals.store.history import compare, compare_table, recent_sessions, sessions_table
+    from evals.results.history_tables import accuracy_table, compare_table, sessions_table
+    from evals.store.history import compare, recent_sessions
 
     uri = tracking_uri(args)
     experiment = args.experiment or os.environ.get("EVALS_EXPERIMENT") or DEFAULT_EXPERIMENT
@@ -97,6 +98,7 @@ def _run_report(args: argparse.Namespace) -> int:
         console.print(f"no sessions in experiment {experiment!r} at {display_uri(uri)}")
         return 0
     console.print(sessions_table(sessions))
+    console.print(accuracy_table(sessions))
     if len(sessions) < 2:
         console.print("only one session: nothing to compare")
         return 0
@@ -207,7 +209,8 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser with one subparser per entry of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="python -m evals", description=DESCRIPTION)
+    prog = "evals" if Path(sys.argv[0]).name == "evals" else "python -m evals"  # the console script, or -m
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
@@ -215,8 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command and return the exit code."""
+    """Run a command and return the exit code (``python -m evals`` and the ``evals`` console script)."""
+    from evals.quiet import quiet_libraries
+
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         return COMMANDS[args.command].run(args)
     except ConfigError as exc:

@@ -37,6 +37,8 @@ class SessionContext:
         program_params: Program -> its nested run's params.
         program_states: Program -> its dspy JSON state (what is registered as the model).
         redact_patterns: Extra ``NAME=REGEX`` redaction lines (ini key ``evals_redact_patterns``), unparsed.
+        references: The registry's reference programs (no LM), in registry order: every other program's
+            accuracy gain over the first one evaluated is reported and may be gated.
     """
 
     session_id: str
@@ -54,6 +56,7 @@ class SessionContext:
     program_params: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     program_states: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     redact_patterns: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
 
     @property
     def programs(self) -> list[str]:

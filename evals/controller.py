@@ -182,6 +182,7 @@ class Controller:
             program_params=per_program,
             program_states={name: program_state(harness, name, p) for name, p in per_program.items()},
             redact_patterns=tuple(self.config.getini("evals_redact_patterns")),
+            references=tuple(name for name, spec in harness.registry.items() if getattr(spec, "reference", False)),
         )
 
     def policies_or_defaults(self) -> tuple[Policies, str | None]:

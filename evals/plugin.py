@@ -48,14 +48,17 @@ def pytest_configure(config: pytest.Config) -> None:
     from evals.controller import Controller
     from evals.harness.resources import Harness
     from evals.harness.worker import Worker
+    from evals.quiet import quiet_libraries, warning_filter_lines
 
     # litellm would fetch its model cost map from the network at first use; offline that is a slow failure.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
     config.addinivalue_line("markers", "evals: an eval suite test that runs a real LM")
     config.addinivalue_line("markers", "slow: a slow harness test (real mlx-lm calls and the like)")
     config.addinivalue_line("markers", "robustness: a metamorphic robustness suite (select with -m robustness)")
-    # MLflow's sqlite store triggers SQLAlchemy deprecation warnings that no user can act on.
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mlflow.*")
+    # mlflow's INFO lines, download bars and its stack's deprecation warnings: no user can act on them.
+    quiet_libraries()
+    for line in warning_filter_lines():
+        config.addinivalue_line("filterwarnings", line)
     cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
     ini = {option.ini: config.getini(option.ini) for option in OPTIONS}
     settings = resolve(cli, ini, os.environ, config.rootpath, config.invocation_params.dir)

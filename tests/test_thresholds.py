@@ -146,7 +146,8 @@ EMPTY = "found nothing (an empty section: fill it in or delete the key)"
         (
             with_section(None),
             "programs.zero_shot",
-            "a mapping with keys min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, recall",
+            "a mapping with keys min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, "
+            "min_gain_over_reference, recall",
         ),
         (
             with_section({"recall": None}),
@@ -419,7 +420,7 @@ def test_top_level_must_be_a_mapping(data: object, found: str) -> None:
             with_section({"min_acuracy": 0.5}),
             "programs.zero_shot.min_acuracy",
             "min_acuracy",
-            "min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, recall",
+            "min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, min_gain_over_reference, recall",
         ),
         (
             with_section({"recall": {"floor": 0.5}}, program="default"),

@@ -53,7 +53,14 @@ DEFAULT_SECTION = "default"
 """Name of the ``programs`` section that every program inherits from."""
 
 TOP_LEVEL_KEYS = ("version", "programs", "regression", "drift", "robustness")
-PROGRAM_KEYS = ("min_accuracy", "min_macro_f1", "max_invalid_rate", "max_p95_latency_ms", "recall")
+PROGRAM_KEYS = (
+    "min_accuracy",
+    "min_macro_f1",
+    "max_invalid_rate",
+    "max_p95_latency_ms",
+    "min_gain_over_reference",
+    "recall",
+)
 RECALL_KEYS = ("default", "min_support", "overrides")
 
 MINIMAL_FILE = "{version: 1, programs: {default: {min_accuracy: 0.0}}}"
@@ -95,6 +102,8 @@ class ProgramThresholds:
     max_invalid_rate: float = 1.0
     max_p95_latency_ms: float = math.inf
     recall: RecallThresholds = field(default_factory=RecallThresholds)
+    min_gain_over_reference: float | None = None
+    """Least accuracy gain over the reference program (no LM) on the same examples; None: not checked."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ class _Section:
     min_macro_f1: float | None = None
     max_invalid_rate: float | None = None
     max_p95_latency_ms: float | None = None
+    min_gain_over_reference: float | None = None
     recall_default: float | None = None
     min_support: int | None = None
     overrides: Mapping[str, float] = field(default_factory=dict)
@@ -229,6 +239,7 @@ def _parse_section(value: object, where: Location) -> _Section:
         min_macro_f1=_optional(section, "min_macro_f1", where, _fraction),
         max_invalid_rate=_optional(section, "max_invalid_rate", where, _fraction),
         max_p95_latency_ms=_optional(section, "max_p95_latency_ms", where, _milliseconds),
+        min_gain_over_reference=_optional(section, "min_gain_over_reference", where, _gain),
         recall_default=_optional(recall, "default", at_recall, _fraction),
         min_support=_optional(recall, "min_support", at_recall, _count),
         overrides=_parse_overrides(_section(recall, "overrides", at_recall), at_recall.child("overrides")),
@@ -257,6 +268,7 @@ def _merge(base: ProgramThresholds, section: _Section) -> ProgramThresholds:
         max_invalid_rate=_pick(section.max_invalid_rate, base.max_invalid_rate),
         max_p95_latency_ms=_pick(section.max_p95_latency_ms, base.max_p95_latency_ms),
         recall=recall,
+        min_gain_over_reference=_pick(section.min_gain_over_reference, base.min_gain_over_reference),
     )
 
 
@@ -313,6 +325,12 @@ def _fraction(value: object, where: Location) -> float:
     if is_number(value) and 0.0 <= value <= 1.0:
         return float(value)
     raise where.error(f"expected a number between 0 and 1, found {found(value)}")
+
+
+def _gain(value: object, where: Location) -> float:
+    if is_number(value) and -1.0 <= value <= 1.0:
+        return float(value)
+    raise where.error(f"expected an accuracy gain between -1 and 1, found {found(value)}")
 
 
 def _milliseconds(value: object, where: Location) -> float:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from evals.config.thresholds import ProgramThresholds
 from evals.labels import DIAGNOSES, slug
 from evals.stats.metrics import ProgramMetrics
+from evals.stats.reference import GAIN_METRIC, base_program
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,37 @@ def check_program(metrics: ProgramMetrics, limits: ProgramThresholds) -> list[Ch
             )
         )
     return checks
+
+
+def gain_checks(
+    limits: Mapping[str, ProgramThresholds], gains: Mapping[str, float], references: Sequence[str]
+) -> tuple[dict[str, Check], list[str]]:
+    """Check ``min_gain_over_reference`` for every program that sets it.
+
+    Args:
+        limits: Program -> its thresholds (merged with ``default``), for every evaluated program.
+        gains: Program -> its accuracy gain over the reference (:func:`evals.stats.reference.gains_over_reference`).
+        references: The registry's reference programs; they are never checked against themselves.
+
+    Returns:
+        Program -> its check, and one line per program whose limit could not be checked because
+        no reference program was evaluated (the gate fails closed: add the reference to the session).
+    """
+    checks: dict[str, Check] = {}
+    unchecked: list[str] = []
+    for program, limit in limits.items():
+        floor = limit.min_gain_over_reference
+        if floor is None or base_program(program) in references:
+            continue
+        if program in gains:
+            checks[program] = Check(program, GAIN_METRIC, gains[program], floor, "min")
+        else:
+            wanted = ", ".join(references) or "none in the registry"
+            unchecked.append(
+                f"{program}: min_gain_over_reference {floor:.2f} cannot be checked: no reference program was "
+                f"evaluated (reference programs: {wanted}); add one to --evals-programs"
+            )
+    return checks, unchecked
 
 
 def describe(check: Check, min_support: int | None = None) -> str:

@@ -16,18 +16,21 @@ from typing import Any
 from evals.context import SessionContext
 from evals.gates.champion import RegressionOutcome
 from evals.gates.thresholds import verdict
+from evals.results.html import render_html
+from evals.results.html_build import build_report_data, trend_from_sessions, with_current
+from evals.results.html_data import ReportData
 from evals.results.plots import confusion_png
 from evals.results.report import (
     ReportContext,
     misclassified_frame,
     per_diagnosis_frame,
     predictions_frame,
-    render_html,
     render_markdown,
 )
 from evals.results.sections import comparison_markdown, sections
 from evals.results.summary import SessionSummary
 from evals.stats.metrics import ProgramMetrics, flat_metrics
+from evals.stats.reference import GAIN_METRIC
 from evals.store.publish import clean_json
 from evals.store.schema import (
     BRANCH_TAG,
@@ -79,10 +82,29 @@ def write_bundle(
         sections=sections(summary, saved_counterexamples),
     )
     (artifacts / "report.md").write_text(render_markdown(report))
-    (artifacts / "report.html").write_text(render_html(report))
+    (artifacts / "report.html").write_text(render_html(_report_data(context, summary, report)))
     for name, m in summary.metrics.items():
         _write_program_dir(context, bundle / "programs" / name, name, m, summary, redact, pngs[name])
     write_session_json(bundle, _session_json(context, summary))
+
+
+def _report_data(context: SessionContext, summary: SessionSummary, report: ReportContext) -> ReportData:
+    """What the HTML report shows: the Markdown's content plus the gate, the trend and every example."""
+    trends = with_current(trend_from_sessions(summary.recent), context.started_at, summary.metrics)
+    return build_report_data(
+        title=report.title,
+        metrics=summary.metrics,
+        checks=summary.checks,
+        records=summary.records,
+        redact=report.redact,
+        error_lines=summary.error_lines,
+        notes=[*summary.notes, *(f"incomplete: {reason}" for reason in summary.incomplete)],
+        regression=summary.regression,
+        references=context.references,
+        trends=trends,
+        extras=report.sections,
+        params=report.params,
+    )
 
 
 def _write_tables(directory: Path, summary: SessionSummary, redact: Redact) -> None:
@@ -197,6 +219,8 @@ def _program_json(summary: SessionSummary, name: str) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     if name in summary.metrics:
         metrics.update(flat_metrics(summary.metrics[name]))
+    if name in summary.gains:
+        metrics[GAIN_METRIC] = summary.gains[name]
     for part in (summary.regression, summary.drift):
         if part is not None:
             metrics.update(part.program_metrics(name))

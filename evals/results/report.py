@@ -1,13 +1,12 @@
-"""Render aggregated results: terminal summary, Markdown, self-contained HTML, frames.
+"""Render aggregated results: terminal summary, Markdown, frames.
 
-Markdown and HTML are rendered from one list of blocks (headings, tables, images,
-paragraphs) built by :func:`_document`, so both always carry the same content. Every
-text that reaches HTML goes through :func:`html.escape`: symptom texts come from users.
+The Markdown report is rendered from one list of blocks (headings, tables, images, paragraphs)
+built by :func:`_document`; every text goes through :func:`html.escape` (symptom texts come from
+users). The HTML report is :mod:`evals.results.html`.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from evals.gates.thresholds import Check
 from evals.labels import slug
 from evals.records import ExampleRecord
 from evals.stats.metrics import INVALID, DiagnosisMetrics, ProgramMetrics, worst_diagnoses
+from evals.stats.reference import GAIN_METRIC
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +74,8 @@ class ReportContext:
         mlflow_hint: One line telling where the MLflow run is, when one was logged.
         html_path: Where the HTML report was written, when it was.
         redact: Applied to every symptom text before it is shown.
+        sections: Extra tables (optimizer gains, regression, drift, robustness).
+        gains: Program -> its accuracy gain over ``reference`` (a program with no LM).
     """
 
     title: str
@@ -86,6 +88,8 @@ class ReportContext:
     html_path: str | None = None
     redact: Callable[[str], str] = field(default=identity, repr=False)
     sections: Sequence[Section] = ()
+    gains: Mapping[str, float] = field(default_factory=dict)
+    reference: str | None = None
 
 
 def predictions_frame(records: Iterable[ExampleRecord], redact: Callable[[str], str] = identity) -> pd.DataFrame:
@@ -125,6 +129,8 @@ def _fmt(metric: str, value: float) -> str:
     """Format a value by what its metric measures: milliseconds, counts or a 0-1 score."""
     if metric.endswith("_ms"):
         return f"{value:,.0f} ms"
+    if metric == GAIN_METRIC:
+        return f"{value:+.3f}"
     if metric in ("n", "prompt_tokens", "completion_tokens") or metric.startswith("support."):
         return f"{value:,.0f}"
     return f"{value:.3f}"
@@ -170,7 +176,7 @@ def render_terminal(ctx: ReportContext, console: Console) -> None:
     from rich.markup import escape
 
     for program, m in ctx.metrics.items():
-        console.print(_program_table(m, ctx.checks.get(program, ())))
+        console.print(_program_table(m, ctx.checks.get(program, ()), ctx.gains.get(program), ctx.reference))
     if ctx.metrics:
         console.print("[bold]Worst diagnoses[/bold] (recall: hits/support)")
         console.print(_worst_grid(ctx.metrics))
@@ -204,11 +210,14 @@ def _verdict_markup(check: Check) -> str:
     return f"[{_STYLE[verdict]}]{verdict}[/]"
 
 
-def _program_table(m: ProgramMetrics, checks: Sequence[Check]) -> Table:
+def _program_table(
+    m: ProgramMetrics, checks: Sequence[Check], gain: float | None = None, reference: str | None = None
+) -> Table:
     """A rich table: one row per headline or checked session-level metric.
 
     Per-diagnosis checks (``recall.<slug>`` ...) are folded into one row so the table
-    stays short; the ones not met are listed in full after the tables.
+    stays short; the ones not met are listed in full after the tables. ``gain`` is the
+    accuracy gain over the ``reference`` program (no LM), shown when one ran.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -217,12 +226,15 @@ def _program_table(m: ProgramMetrics, checks: Sequence[Check]) -> Table:
     for name in ("metric", "value", "limit", "check"):
         table.add_column(name, justify="left" if name in ("metric", "check") else "right")
     by_metric = {c.metric: c for c in checks if "." not in c.metric}
-    for metric in (*_HEADLINE, *sorted(set(by_metric) - set(_HEADLINE))):
+    headline = (*_HEADLINE, *([GAIN_METRIC] if gain is not None else []))
+    for metric in (*headline, *sorted(set(by_metric) - set(headline))):
         check = by_metric.get(metric)
+        label = f"gain over {escape(reference or 'reference')}" if metric == GAIN_METRIC else metric
         if check is None:
-            table.add_row(metric, _fmt(metric, float(getattr(m, metric))), "", "")
+            value = gain if metric == GAIN_METRIC and gain is not None else float(getattr(m, metric))
+            table.add_row(label, _fmt(metric, value), "", "")
         else:
-            table.add_row(metric, _fmt(metric, check.value), _limit_text(check), _verdict_markup(check))
+            table.add_row(label, _fmt(metric, check.value), _limit_text(check), _verdict_markup(check))
     per_label = [c for c in checks if "." in c.metric]
     if per_label:
         verdict = max((_verdict(c) for c in per_label), key=("PASS", "WARN", "FAIL").index)
@@ -399,55 +411,3 @@ def _md_table(table: _Table) -> str:
         cells = (f"**{_md(c.text)}**" if c.tone == "fail" and c.text else _md(c.text) for c in row)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;color:#1d1d1f;margin:2rem auto;max-width:1200px;
-padding:0 1rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd}h3{margin-top:1.4rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:13px}th{background:#f3f4f6}
-th,td{border:1px solid #d8d8d8;padding:.25rem .55rem;vertical-align:top;text-align:left}
-tr:nth-child(even) td{background:#fafafa}td.pass{color:#11713a}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.fail,tr td.fail{background:#fde2e2;color:#a40000;font-weight:600}
-td.warn,tr td.warn{background:#fff4d6;color:#7a5a00}img{max-width:100%;border:1px solid #eee}
-"""
-
-
-def render_html(ctx: ReportContext) -> str:
-    """Return the report as one self-contained HTML page.
-
-    CSS is inline and the confusion PNGs are embedded as base64 data URIs, so the file
-    can be mailed or attached to a CI run on its own. No script and no external link.
-    """
-    body = [_html_block(block) for block in _document(ctx)]
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(ctx.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
-
-
-def _html_block(block: _Block) -> str:
-    if isinstance(block, _Text):
-        tag = f"h{block.level}" if block.level else "p"
-        return f"<{tag}>{html.escape(block.text)}</{tag}>"
-    if isinstance(block, _Image):
-        return _html_image(block)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
-    rows = "".join("<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>\n" for row in block.rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
-
-
-def _html_cell(cell: _Cell) -> str:
-    classes = " ".join(c for c in (cell.tone, "num" if cell.numeric else "") if c)
-    attribute = f' class="{classes}"' if classes else ""
-    return f"<td{attribute}>{html.escape(cell.text)}</td>"
-
-
-def _html_image(image: _Image) -> str:
-    try:
-        data = base64.b64encode(image.path.read_bytes()).decode("ascii")
-    except OSError as error:
-        return f"<p>{html.escape(f'{image.alt}: not available ({error})')}</p>"
-    return f'<img alt="{html.escape(image.alt)}" src="data:image/png;base64,{data}">'

@@ -16,13 +16,15 @@ from evals.context import SessionContext
 from evals.gates.champion import RegressionOutcome, check_regressions
 from evals.gates.drift import DriftOutcome, check_drift
 from evals.gates.robustness import RobustnessOutcome, check_robustness
-from evals.gates.thresholds import Check, check_program, describe
+from evals.gates.thresholds import Check, check_program, describe, gain_checks
 from evals.labels import DIAGNOSES
 from evals.records import ExampleRecord
 from evals.stats.metrics import ProgramMetrics, aggregate
+from evals.stats.reference import GAIN_METRIC, gains_over_reference, reference_of
+from evals.store.history import Session
 from evals.store.view import StoreView
 
-SESSION_METRICS = ("accuracy", "macro_f1", "invalid_rate", "latency_p95_ms")
+SESSION_METRICS = ("accuracy", "macro_f1", "invalid_rate", "latency_p95_ms", GAIN_METRIC)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class SessionSummary:
         regression: The regression gate's outcome (None when it did not run).
         drift: The drift gate's outcome (None when it did not run).
         robustness: The robustness gate's outcome (None when it did not run).
+        reference: The reference program (no LM) the gains are measured against, when one ran.
+        gains: Program -> its accuracy gain over ``reference``.
+        recent: The experiment's last sessions before this one, newest first (the trend chart).
     """
 
     records: list[ExampleRecord]
@@ -54,6 +59,9 @@ class SessionSummary:
     regression: RegressionOutcome | None = None
     drift: DriftOutcome | None = None
     robustness: RobustnessOutcome | None = None
+    reference: str | None = None
+    gains: Mapping[str, float] = field(default_factory=dict)
+    recent: tuple[Session, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -64,11 +72,15 @@ def summarize(context: SessionContext, view: StoreView) -> SessionSummary:
     """Aggregate the records and run every gate over the context and what the store returned."""
     records = list(context.records)
     metrics = aggregate(records)
-    thresholds = context.policies.thresholds
-    checks = {name: check_program(m, thresholds.for_program(name)) for name, m in metrics.items()}
+    limits = {name: context.policies.thresholds.for_program(name) for name in metrics}
+    checks = {name: check_program(m, limits[name]) for name, m in metrics.items()}
+    gains = gains_over_reference(metrics, context.references)
     common: dict[str, Any] = {
         "records": records,
         "metrics": metrics,
+        "reference": reference_of(metrics, context.references),
+        "gains": gains,
+        "recent": view.recent,
         "incomplete": incomplete_reasons(context),
         "params": dict(context.params),
         "program_params": {k: dict(v) for k, v in context.program_params.items()},
@@ -76,8 +88,12 @@ def summarize(context: SessionContext, view: StoreView) -> SessionSummary:
     if context.policies_problem:
         # Keep and report what was gathered even though the gate could not run.
         return SessionSummary(checks={name: [] for name in metrics}, error_lines=[context.policies_problem], **common)
+    gain_of, unchecked = gain_checks(limits, gains, context.references)
+    for name, check in gain_of.items():
+        checks[name].append(check)
     # Per-diagnosis floors already failed their own tests; the session gate adds the aggregates.
     error_lines = [describe(c) for cs in checks.values() for c in cs if c.failed and c.metric in SESSION_METRICS]
+    error_lines += unchecked
     regression = check_regressions(context, view)
     drift = check_drift(context, view)
     robustness = check_robustness(context)

@@ -24,6 +24,8 @@ def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: A
         confusion_pngs={},
         mlflow_hint=end.mlflow_hint,
         html_path=str(html) if html else None,
+        gains=summary.gains,
+        reference=summary.reference,
     )
     terminalreporter.section("symptom-diagnosis evals")
     for name, params in summary.program_params.items():

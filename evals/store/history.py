@@ -1,14 +1,12 @@
 """Read past sessions back from MLflow and compare two of them.
 
 :func:`recent_sessions` and :func:`compare` are plain query/compare functions over small
-records; :func:`sessions_table` and :func:`compare_table` render them with ``rich``.
+records; :mod:`evals.results.history_tables` renders them.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +18,6 @@ from evals.store.schema import BRANCH_TAG, PARENT_TAG, PROGRAM_TAG, SESSION_TAG,
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
-    from rich.table import Table
 
 HEADLINE_METRICS = ("accuracy", "macro_f1", "invalid_rate")
 """Compared for every program, changed or not."""
@@ -139,55 +136,6 @@ def compare(a: Session, b: Session) -> list[Delta]:
     return deltas
 
 
-def sessions_table(sessions: Sequence[Session]) -> Table:
-    """Render sessions (newest first) with each program's accuracy as a column."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    programs = sorted({name for session in sessions for name in session.programs})
-    table = Table(title="Recent sessions")
-    for column in ("started", "run id", "verdict", "trigger", "branch"):
-        table.add_column(column, no_wrap=True)
-    for program in programs:
-        table.add_column(f"{escape(program)} acc", justify="right", no_wrap=True)
-    for session in sessions:
-        accuracies = [
-            _number(session.programs[p].metrics.get("accuracy") if p in session.programs else None) for p in programs
-        ]
-        table.add_row(
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(session.started_at)),
-            session.run_id,
-            _verdict(session.verdict),
-            escape(session.trigger),
-            escape(session.branch),
-            *accuracies,
-        )
-    return table
-
-
-def compare_table(a: Session, b: Session, deltas: Sequence[Delta]) -> Table:
-    """Render the deltas of :func:`compare`: green improved, red regressed."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"{a.run_id[:8]} (before) -> {b.run_id[:8]} (after)")
-    for column in ("program", "metric"):
-        table.add_column(column, no_wrap=True)
-    for column in ("before", "after", "change"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for delta in deltas:
-        style = {True: "green", False: "red", None: ""}[delta.better]
-        change = "n/a" if delta.change is None else f"{delta.change:+.3f}"
-        table.add_row(
-            escape(delta.program),
-            delta.metric,
-            _number(delta.before),
-            _number(delta.after),
-            f"[{style}]{change}[/]" if style else change,
-        )
-    return table
-
-
 def _session(client: MlflowClient, experiment_id: str, run: Run) -> Session:
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'")
     programs = {
@@ -211,13 +159,3 @@ def _require_database(tracking_uri: str) -> None:
         database = Path(tracking_uri[len("sqlite:///") :])
         if not database.is_file():
             raise ConfigError(f"no MLflow database at {database} (tracking URI {tracking_uri})")
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _verdict(verdict: str) -> str:
-    style = {"pass": "green", "passed": "green", "fail": "red", "failed": "red"}
-    colour = style.get(verdict.lower())
-    return f"[{colour}]{verdict}[/]" if colour else verdict

@@ -1,7 +1,8 @@
 """What the gates need from the store, read in one place before they run: the :class:`StoreView`.
 
 Every lookup a session's gates need (each program's champion or explicit baseline run, and in
-drift mode its recent history) happens in :func:`read_store`; a failed lookup is kept as an
+drift mode its recent history, and the recent sessions for the report's trend chart) happens in
+:func:`read_store`; a failed lookup is kept as an
 :class:`Unavailable` marker with its reason, so that the gates themselves are pure functions of
 the session context and this view.
 """
@@ -12,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from evals.context import SessionContext
+from evals.errors import ConfigError
 from evals.store.champions import Champion, HistoryEntry, baseline_from_run, drift_history, find_champion
 from evals.store.client import TrackingUnavailable, mlflow_errors
+from evals.store.history import Session, recent_sessions
 from evals.store.schema import SAMPLE_PARAM
 
 
@@ -36,10 +39,17 @@ class StoreView:
     Attributes:
         baselines: Program -> its baseline; only programs looked up (the regression gate ran).
         history: Program -> its recent sessions on the same examples, newest first (drift mode).
+        recent: The experiment's last sessions, newest first, for the report's accuracy trend (empty when
+            MLflow is off, has none yet, or could not be read: a chart is not worth failing a session).
     """
 
     baselines: Mapping[str, Baseline] = field(default_factory=dict)
     history: Mapping[str, list[HistoryEntry] | Unavailable] = field(default_factory=dict)
+    recent: tuple[Session, ...] = ()
+
+
+TREND_SESSIONS = 20
+"""Past sessions read for the trend chart."""
 
 
 def regression_skipped(context: SessionContext) -> str:
@@ -59,7 +69,20 @@ def read_store(context: SessionContext) -> StoreView:
     """Look up everything the gates of ``context`` need; nothing when thresholds.yaml could not be read."""
     if context.policies_problem:
         return StoreView()
-    return StoreView(baselines=read_baselines(context), history=read_history(context))
+    baselines = read_baselines(context)
+    down = any(isinstance(b, Unavailable) and b.unreachable for b in baselines.values())
+    return StoreView(baselines=baselines, history=read_history(context), recent=() if down else read_recent(context))
+
+
+def read_recent(context: SessionContext) -> tuple[Session, ...]:
+    """The experiment's last :data:`TREND_SESSIONS` complete sessions (newest first), or none."""
+    settings = context.settings
+    if settings["no-mlflow"]:
+        return ()
+    try:
+        return tuple(recent_sessions(settings["tracking-uri"], settings["experiment"], TREND_SESSIONS))
+    except (ConfigError, TrackingUnavailable):  # no store or experiment yet, or unreachable
+        return ()
 
 
 def read_baselines(context: SessionContext) -> dict[str, Baseline]:
