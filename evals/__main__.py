@@ -97,13 +97,12 @@ def _run_report(args: argparse.Namespace) -> int:
     if not sessions:
         console.print(f"no sessions in experiment {experiment!r} at {display_uri(uri)}")
         return 0
-    console.print(sessions_table(sessions))
-    console.print(accuracy_table(sessions))
+    console.print(sessions_table(sessions), "", accuracy_table(sessions), sep="\n")
     if len(sessions) < 2:
         console.print("only one session: nothing to compare")
         return 0
     newer, older = sessions[0], sessions[1]
-    console.print(compare_table(older, newer, compare(older, newer)))
+    console.print("", compare_table(older, newer, compare(older, newer)), sep="\n")
     return 0
 
 

@@ -33,8 +33,6 @@ ENVIRONMENT = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGR
 NOISY_MODULES = r"(mlflow|sqlalchemy|alembic)(\..*)?"
 """Modules whose deprecation and future warnings no user of the harness can act on."""
 LOGGERS = ("mlflow", "alembic")
-PYFUNC_HINT = r".*Add type hints to the `predict` method"
-"""mlflow's advice when a pyfunc model is logged without type hints: a UserWarning per logged program."""
 
 
 def quiet_libraries(environ: MutableMapping[str, str] | None = None) -> None:
@@ -55,13 +53,11 @@ def quiet_libraries(environ: MutableMapping[str, str] | None = None) -> None:
                 logging.getLogger(logger).setLevel(max(level, logging.getLogger(logger).level))
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
-    warnings.filterwarnings("ignore", message=PYFUNC_HINT, category=UserWarning)
 
 
 def warning_filter_lines() -> list[str]:
     """The same filters as ``filterwarnings`` ini lines, for the phases pytest wraps in its own filters."""
-    lines = [
+    return [
         f"ignore::{category}:{NOISY_MODULES}"
         for category in ("DeprecationWarning", "PendingDeprecationWarning", "FutureWarning")
     ]
-    return [*lines, f"ignore:{PYFUNC_HINT}:UserWarning"]

@@ -76,7 +76,7 @@ def accuracy_table(sessions: Sequence[Session]) -> Table:
     oldest_first = list(reversed(sessions))
     programs = sorted({name for session in sessions for name in session.programs})
     table = Table(
-        title=f"Accuracy per program (last {len(sessions)} sessions, oldest left)",
+        title=f"Accuracy per program, last {len(sessions)} sessions",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -86,7 +86,7 @@ def accuracy_table(sessions: Sequence[Session]) -> Table:
     table.add_column("program", overflow="fold", ratio=1)
     for column in ("latest", "change"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("trend", no_wrap=True)
+    table.add_column("trend (oldest left)", no_wrap=True)
     for program in programs:
         values = [_accuracy(s, program) for s in oldest_first]
         present = [v for v in values if v is not None]
