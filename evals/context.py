@@ -36,6 +36,7 @@ class SessionContext:
         params: The session's MLflow params.
         program_params: Program -> its nested run's params.
         program_states: Program -> its dspy JSON state (what is registered as the model).
+        program_models: Program -> what its MLflow model is built from (:func:`evals.harness.models.program_model`).
         redact_patterns: Extra ``NAME=REGEX`` redaction lines (ini key ``evals_redact_patterns``), unparsed.
         references: The registry's reference programs (no LM), in registry order: every other program's
             accuracy gain over the first one evaluated is reported and may be gated.
@@ -55,6 +56,7 @@ class SessionContext:
     params: Mapping[str, str] = field(default_factory=dict)
     program_params: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     program_states: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    program_models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     redact_patterns: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
 

@@ -22,6 +22,7 @@ from evals.config.policies import Policies, parse_policies
 from evals.config.thresholds import parse_thresholds
 from evals.context import SessionContext
 from evals.errors import ConfigError
+from evals.harness.models import program_model
 from evals.harness.params import program_params, program_state, session_params
 from evals.harness.resources import Harness
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
@@ -181,6 +182,7 @@ class Controller:
             params=params,
             program_params=per_program,
             program_states={name: program_state(harness, name, p) for name, p in per_program.items()},
+            program_models={name: program_model(harness, name) for name in per_program},
             redact_patterns=tuple(self.config.getini("evals_redact_patterns")),
             references=tuple(name for name, spec in harness.registry.items() if getattr(spec, "reference", False)),
         )

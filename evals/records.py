@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from evals.calls import LMCall
+
 
 @dataclass(frozen=True)
 class ExampleRecord:
@@ -30,6 +32,9 @@ class ExampleRecord:
         attempts: Calls made for the example (1 when the first one answered).
         lm_down: Why the LM is clearly down ("connection refused", "unknown host",
             "credentials refused") when the last attempt failed that way, else ``None``.
+        started_at: Epoch seconds when the example started (the start of its trace).
+        cost_usd: What its LM calls cost as the provider reported it (0 for cache hits and local models).
+        calls: Its last LM calls (rendered messages, raw completion), bounded in size; MLflow traces.
     """
 
     program: str
@@ -44,6 +49,9 @@ class ExampleRecord:
     cached: bool = False
     attempts: int = 1
     lm_down: str | None = None
+    started_at: float = 0.0
+    cost_usd: float = 0.0
+    calls: tuple[LMCall, ...] = ()
 
     @property
     def correct(self) -> bool:
@@ -60,7 +68,9 @@ class ExampleRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExampleRecord:
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        values = {key: value for key, value in data.items() if key in known}
+        values["calls"] = tuple(c if isinstance(c, LMCall) else LMCall.from_dict(c) for c in values.get("calls", ()))
+        return cls(**values)
 
 
 RECORDS_PROPERTY = "evals_records"

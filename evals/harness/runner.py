@@ -10,6 +10,7 @@ unknown host, credentials refused) is marked on the record so that the session c
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from evals.calls import CallRecorder, total_cost
 from evals.data import Example
 from evals.labels import DIAGNOSIS_SET
 from evals.records import ExampleRecord
@@ -105,6 +107,7 @@ def run_one(
     attempts = 0
     slowest = 0.0
     started = clock()
+    recorder, wall_start = CallRecorder(), time.time()  # this example's LM calls, for its MLflow trace
     for delay in retry.delays():
         if attempts and not retry.allows(clock() - started, delay, slowest):
             break
@@ -112,14 +115,15 @@ def run_one(
         attempts += 1
         attempt_started = clock()
         try:
-            with dspy.track_usage() as usage:
+            with dspy.track_usage() as usage, recorder.recording():
                 prediction = program(symptoms=example.symptoms)
         except Exception as exc:  # any LM/adapter failure becomes a recorded error
             error, down = error_line(exc), lm_down_reason(exc)
             slowest = max(slowest, clock() - attempt_started)
             continue
-        return _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
-    return ExampleRecord(
+        record = _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
+        return with_calls(record, recorder, wall_start)
+    failed = ExampleRecord(
         program_name,
         example.id,
         example.symptoms,
@@ -130,6 +134,13 @@ def run_one(
         attempts=attempts,
         lm_down=down,
     )
+    return with_calls(failed, recorder, wall_start)
+
+
+def with_calls(record: ExampleRecord, recorder: CallRecorder, started_at: float) -> ExampleRecord:
+    """The record with its start time, its LM calls and what they cost (for its MLflow trace)."""
+    calls = recorder.result()
+    return dataclasses.replace(record, started_at=started_at, calls=calls, cost_usd=total_cost(calls))
 
 
 def _record(

@@ -19,6 +19,7 @@ from evals.gates.thresholds import verdict
 from evals.results.html import render_html
 from evals.results.html_build import build_report_data, trend_from_sessions, with_current
 from evals.results.html_data import ReportData
+from evals.results.native import write_native_parts
 from evals.results.plots import confusion_png
 from evals.results.report import (
     ReportContext,
@@ -85,6 +86,7 @@ def write_bundle(
     (artifacts / "report.html").write_text(render_html(_report_data(context, summary, report)))
     for name, m in summary.metrics.items():
         _write_program_dir(context, bundle / "programs" / name, name, m, summary, redact, pngs[name])
+    write_native_parts(bundle, context, summary, redact)  # traces, models and run inputs for MLflow
     write_session_json(bundle, _session_json(context, summary))
 
 

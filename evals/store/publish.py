@@ -49,12 +49,17 @@ def scrubber(redactor: Redactor | None) -> Callable[[str], str]:
 
 
 def clean_records(records: Iterable[ExampleRecord], clean: Callable[[str], str]) -> list[ExampleRecord]:
-    """Return the records with ``clean`` applied to the patient text and the error line.
+    """Return the records with ``clean`` applied to the patient text, the error line and the LM calls.
 
     Error lines are cleaned too: an LM or adapter error may echo the prompt or a credential.
     """
     return [
-        dataclasses.replace(record, symptoms=clean(record.symptoms), error=record.error and clean(record.error))
+        dataclasses.replace(
+            record,
+            symptoms=clean(record.symptoms),
+            error=record.error and clean(record.error),
+            calls=tuple(call.cleaned(clean) for call in record.calls),  # prompts hold the patient text
+        )
         for record in records
     ]
 

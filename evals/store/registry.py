@@ -2,9 +2,9 @@
 
 One registered model per (program, optimizer).
 
-Each session that evaluated a compiled program registers its ``compiled_program.json``
-(the dspy JSON state, logged on the program's nested run) as a new model version and
-points the alias ``candidate`` at it. Promotion later moves ``champion``.
+Each session registers every evaluated program's MLflow model (a pyfunc wrapper around its dspy
+JSON state, logged on the program's nested run, :mod:`evals.store.models`) as a new model version
+and points the alias ``candidate`` at it. Promotion later moves ``champion``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from evals.store.client import mlflow_client
+from evals.store.models import create_model_version, logged_model_of
 from evals.store.schema import (
     CANDIDATE,
     CHAMPION,
@@ -49,7 +50,7 @@ def register_candidates(tracking_uri: str, parent_run_id: str) -> dict[str, str]
         if not _has_compiled_artifact(client, child.info.run_id):
             continue
         name = registered_name(program)
-        version = _version_for_run(client, name, child)
+        version = _version_for_run(client, name, child, tracking_uri)
         client.set_registered_model_alias(name, CANDIDATE, version)
         registered[name] = version
     return registered
@@ -59,8 +60,12 @@ def _has_compiled_artifact(client: Any, run_id: str) -> bool:
     return any(item.path == COMPILED_ARTIFACT for item in client.list_artifacts(run_id))
 
 
-def _version_for_run(client: Any, name: str, run: Any) -> str:
-    """The model version registered from ``run``, created once (a re-sync finds the existing one)."""
+def _version_for_run(client: Any, name: str, run: Any, tracking_uri: str) -> str:
+    """The model version registered from ``run``, created once (a re-sync finds the existing one).
+
+    It points to the program model logged on the run (a pyfunc MLflow can load), or, for runs
+    uploaded before programs were logged as models, to the run's ``compiled_program.json``.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -75,8 +80,10 @@ def _version_for_run(client: Any, name: str, run: Any) -> str:
         "evals.compile_key": run.data.params.get("compile.key", ""),
         "evals.session_run": run.data.tags.get(PARENT_TAG, ""),
     }
-    created = client.create_model_version(name, source, run_id=run.info.run_id, tags=tags)
-    return str(created.version)
+    model_id = logged_model_of(client, run.info.experiment_id, run.info.run_id)
+    if model_id is None:
+        return str(client.create_model_version(name, source, run_id=run.info.run_id, tags=tags).version)
+    return create_model_version(client, tracking_uri, name, model_id, run.info.run_id, tags)
 
 
 def promotion_blockers(session_tags: dict[str, str], params: dict[str, str], required: dict[str, str]) -> list[str]:

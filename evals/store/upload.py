@@ -8,8 +8,10 @@ The bundle is a directory written at the end of a pytest session::
 
 Exactly once per ``session_id``: the parent run carries the tag ``evals.session_id`` and is
 terminated *last*, so a terminated parent is a complete upload; a parent left ``RUNNING`` by an
-interrupted upload is deleted and uploaded afresh. Everything goes through ``log_batch`` and
-``log_artifacts``; nothing is logged per example.
+interrupted upload is deleted and uploaded afresh. Params, tags and metrics go through
+``log_batch``, files through ``log_artifacts``; the bundle's traces, program models and run inputs
+(``traces/``, ``models/``, ``inputs.json``) through :mod:`evals.store.native`: traces in bulk, a few
+calls per thousand examples, plus one per assessed trace up to a cap.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from evals import secrets
 from evals.store.client import display_uri, mlflow_errors
+from evals.store.native import delete_run_models, upload_native
 from evals.store.schema import PARENT_TAG, PROGRAM_TAG, SESSION_TAG, TERMINAL_STATUSES, Bundle, RunData
 
 if TYPE_CHECKING:
@@ -73,7 +76,8 @@ def upload_bundle(bundle: Path, tracking_uri: str, *, redactor: Redactor | None 
             return str(complete[0].info.run_id)
         for incomplete in parents:  # left RUNNING by an interrupted upload
             delete_run_tree(client, experiment_id, incomplete.info.run_id)
-        return _upload(client, experiment_id, session, redactor)
+        # After an interrupted upload, traces of this session may exist: they are replaced, not doubled.
+        return _upload(client, experiment_id, session, redactor, tracking_uri, replace=bool(parents))
 
 
 def run_url_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -118,22 +122,36 @@ def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> l
 def delete_run_tree(client: MlflowClient, experiment_id: str, run_id: str) -> None:
     """Delete a parent run and its active nested runs (children first)."""
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000)
+    delete_run_models(client, experiment_id, [child.info.run_id for child in children])
     for child in children:
         client.delete_run(child.info.run_id)
     client.delete_run(run_id)
 
 
-def _upload(client: MlflowClient, experiment_id: str, session: Bundle, redactor: Redactor | None) -> str:
+def _upload(
+    client: MlflowClient,
+    experiment_id: str,
+    session: Bundle,
+    redactor: Redactor | None,
+    tracking_uri: str,
+    *,
+    replace: bool = False,
+) -> str:
     start_ms, end_ms = _millis(session.started_at), _millis(session.finished_at)
     tags = {SESSION_TAG: session.session_id}
     parent_id = client.create_run(experiment_id, start_ms, tags, session.run_name).info.run_id
     _log_data(client, parent_id, session.session, end_ms, redactor)
     _log_artifact_dir(client, parent_id, session.path / "artifacts", redactor)
+    children = {}
     for program, program_data in session.programs.items():
         tags = {PARENT_TAG: parent_id, PROGRAM_TAG: program}
         child_id = client.create_run(experiment_id, start_ms, tags, program).info.run_id
         _log_data(client, child_id, program_data, end_ms, redactor)
         _log_artifact_dir(client, child_id, session.path / "programs" / program, redactor)
+        children[program] = child_id
+    # Run inputs, program models (after the metrics: they get linked) and per-example traces.
+    upload_native(client, tracking_uri, experiment_id, session.path, session.session_id, children, replace=replace)
+    for child_id in children.values():
         client.set_terminated(child_id, status=session.status, end_time=end_ms)
     # Last: a terminated parent is the mark of a complete upload.
     client.set_terminated(parent_id, status=session.status, end_time=end_ms)
