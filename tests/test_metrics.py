@@ -163,6 +163,8 @@ def test_flat_metrics_names_and_values(known: ProgramMetrics) -> None:
         "latency_max_ms",
         "prompt_tokens",
         "completion_tokens",
+        "cost_usd",
+        "cost_per_example_usd",
     }
     per_label = {f"{k}.{d}" for k in ("recall", "precision", "f1", "support") for d in (ALLERGY, DENGUE, MIGRAINE)}
     assert set(flat) == headline | per_label

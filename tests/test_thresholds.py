@@ -147,7 +147,7 @@ EMPTY = "found nothing (an empty section: fill it in or delete the key)"
             with_section(None),
             "programs.zero_shot",
             "a mapping with keys min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, "
-            "min_gain_over_reference, recall",
+            "max_cost_usd, min_gain_over_reference, recall",
         ),
         (
             with_section({"recall": None}),
@@ -330,7 +330,7 @@ def test_huge_int_given_directly_is_described_not_printed() -> None:
 def test_long_keys_and_strings_are_cut_in_messages() -> None:
     message = error_of(with_section({"x" * 5000: 0.5}))
     assert message.startswith(f"thresholds.yaml: programs.zero_shot.{'x' * 40}…: unknown key 'xxx")
-    assert len(message) < 250
+    assert len(message) < 270  # the cut key, then the allowed keys
 
 
 def test_file_over_one_megabyte_is_refused_unparsed(tmp_path: Path) -> None:
@@ -420,7 +420,8 @@ def test_top_level_must_be_a_mapping(data: object, found: str) -> None:
             with_section({"min_acuracy": 0.5}),
             "programs.zero_shot.min_acuracy",
             "min_acuracy",
-            "min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, min_gain_over_reference, recall",
+            "min_accuracy, min_macro_f1, max_invalid_rate, max_p95_latency_ms, max_cost_usd, "
+            "min_gain_over_reference, recall",
         ),
         (
             with_section({"recall": {"floor": 0.5}}, program="default"),

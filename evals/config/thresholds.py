@@ -58,6 +58,7 @@ PROGRAM_KEYS = (
     "min_macro_f1",
     "max_invalid_rate",
     "max_p95_latency_ms",
+    "max_cost_usd",
     "min_gain_over_reference",
     "recall",
 )
@@ -101,6 +102,8 @@ class ProgramThresholds:
     min_macro_f1: float = 0.0
     max_invalid_rate: float = 1.0
     max_p95_latency_ms: float = math.inf
+    max_cost_usd: float = math.inf
+    """Most the program's examples may cost together (provider-reported USD); inf: no cost check."""
     recall: RecallThresholds = field(default_factory=RecallThresholds)
     min_gain_over_reference: float | None = None
     """Least accuracy gain over the reference program (no LM) on the same examples; None: not checked."""
@@ -142,6 +145,7 @@ class _Section:
     min_macro_f1: float | None = None
     max_invalid_rate: float | None = None
     max_p95_latency_ms: float | None = None
+    max_cost_usd: float | None = None
     min_gain_over_reference: float | None = None
     recall_default: float | None = None
     min_support: int | None = None
@@ -239,6 +243,7 @@ def _parse_section(value: object, where: Location) -> _Section:
         min_macro_f1=_optional(section, "min_macro_f1", where, _fraction),
         max_invalid_rate=_optional(section, "max_invalid_rate", where, _fraction),
         max_p95_latency_ms=_optional(section, "max_p95_latency_ms", where, _milliseconds),
+        max_cost_usd=_optional(section, "max_cost_usd", where, _dollars),
         min_gain_over_reference=_optional(section, "min_gain_over_reference", where, _gain),
         recall_default=_optional(recall, "default", at_recall, _fraction),
         min_support=_optional(recall, "min_support", at_recall, _count),
@@ -267,6 +272,7 @@ def _merge(base: ProgramThresholds, section: _Section) -> ProgramThresholds:
         min_macro_f1=_pick(section.min_macro_f1, base.min_macro_f1),
         max_invalid_rate=_pick(section.max_invalid_rate, base.max_invalid_rate),
         max_p95_latency_ms=_pick(section.max_p95_latency_ms, base.max_p95_latency_ms),
+        max_cost_usd=_pick(section.max_cost_usd, base.max_cost_usd),
         recall=recall,
         min_gain_over_reference=_pick(section.min_gain_over_reference, base.min_gain_over_reference),
     )
@@ -337,6 +343,12 @@ def _milliseconds(value: object, where: Location) -> float:
     if is_number(value) and math.isfinite(value) and value > 0:
         return float(value)
     raise where.error(f"expected a positive number of milliseconds, found {found(value)}")
+
+
+def _dollars(value: object, where: Location) -> float:
+    if is_number(value) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise where.error(f"expected a cost in USD >= 0, found {found(value)}")
 
 
 def _count(value: object, where: Location) -> int:

@@ -71,6 +71,8 @@ def check_program(metrics: ProgramMetrics, limits: ProgramThresholds) -> list[Ch
     if math.isfinite(limits.max_p95_latency_ms):
         latency = metrics.latency_p95_ms
         checks.append(Check(program, "latency_p95_ms", latency, limits.max_p95_latency_ms, "max"))
+    if math.isfinite(limits.max_cost_usd):
+        checks.append(Check(program, "cost_usd", metrics.cost_usd, limits.max_cost_usd, "max", support=metrics.n))
     for diagnosis in DIAGNOSES:
         scores = metrics.per_diagnosis.get(diagnosis)
         if scores is None or scores.support == 0:

@@ -129,6 +129,8 @@ def _fmt(metric: str, value: float) -> str:
     """Format a value by what its metric measures: milliseconds, counts or a 0-1 score."""
     if metric.endswith("_ms"):
         return f"{value:,.0f} ms"
+    if metric.startswith("cost_"):
+        return f"${value:,.4f}"
     if metric == GAIN_METRIC:
         return f"{value:+.3f}"
     if metric in ("n", "prompt_tokens", "completion_tokens") or metric.startswith("support."):
@@ -162,7 +164,7 @@ def _tones(checks: Mapping[str, Sequence[Check]]) -> _Tones:
     return {(c.program, c.metric): "fail" if c.failed else "warn" for c in unmet}
 
 
-_HEADLINE = ("accuracy", "macro_f1", "invalid_rate", "latency_p50_ms", "latency_p95_ms")
+_HEADLINE = ("accuracy", "macro_f1", "invalid_rate", "latency_p50_ms", "latency_p95_ms", "cost_usd")
 _STYLE = {"PASS": "bold green", "FAIL": "bold red", "WARN": "yellow"}
 
 

@@ -53,6 +53,7 @@ class ProgramMetrics:
     completion_tokens: int
     per_diagnosis: dict[str, DiagnosisMetrics]
     confusion: tuple[tuple[int, ...], ...]
+    cost_usd: float = 0.0  # what the LM calls cost, as the provider reported it (0 for cache hits, local models)
 
     @property
     def confusion_columns(self) -> tuple[str, ...]:
@@ -140,6 +141,7 @@ def _program_metrics(program: str, records: Sequence[ExampleRecord]) -> ProgramM
         completion_tokens=sum(r.completion_tokens for r in records),
         per_diagnosis=per_diagnosis,
         confusion=confusion,
+        cost_usd=sum(r.cost_usd for r in records),
     )
 
 
@@ -160,6 +162,8 @@ def flat_metrics(m: ProgramMetrics) -> dict[str, float]:
         "latency_max_ms": m.latency_max_ms,
         "prompt_tokens": float(m.prompt_tokens),
         "completion_tokens": float(m.completion_tokens),
+        "cost_usd": m.cost_usd,
+        "cost_per_example_usd": m.cost_usd / m.n if m.n else 0.0,
     }
     for d in m.per_diagnosis.values():
         if d.support > 0:
@@ -193,6 +197,8 @@ def metrics_from_dict(d: Mapping[str, Any]) -> ProgramMetrics:
     confusion = tuple(tuple(int(c) for c in row) for row in d["confusion"])
     if len(confusion) != len(DIAGNOSES) or any(len(r) != len(DIAGNOSES) + 1 for r in confusion):
         raise ValueError(f"confusion must be {len(DIAGNOSES)} rows of {len(DIAGNOSES) + 1} counts")
-    scalars = {f.name: d[f.name] for f in fields(ProgramMetrics) if f.name not in ("per_diagnosis", "confusion")}
+    # Bundles written before a scalar existed lack it: its default stands.
+    skip = ("per_diagnosis", "confusion")
+    scalars = {f.name: d[f.name] for f in fields(ProgramMetrics) if f.name not in skip and f.name in d}
     per_diagnosis = {name: DiagnosisMetrics(**dict(item)) for name, item in d["per_diagnosis"].items()}
     return ProgramMetrics(**scalars, per_diagnosis=per_diagnosis, confusion=confusion)
