@@ -59,7 +59,9 @@ def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: A
 def _render_section(section: Section, console: Any) -> None:
     from rich.table import Table
 
-    table = Table(*section.headers, title=section.title, title_justify="left")
+    table = Table(title=section.title, title_justify="left")
+    for header in section.headers:
+        table.add_column(header, overflow="fold")  # a program or metric name wraps whole, never cut to "…"
     for row in section.rows:
         table.add_row(*row)
     console.print(table)
