@@ -206,7 +206,7 @@ def log_program_model(
         warnings.simplefilter("ignore")
         info = Model.log(
             artifact_path=None,
-            name="program",
+            name=config.program.replace("+", "."),  # the model page names the program
             flavor=_PYFUNC_UNVALIDATED,
             flavor_name="pyfunc.ModelFromCode",
             run_id=run_id,
