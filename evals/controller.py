@@ -55,6 +55,8 @@ class Controller:
         self.end: SessionEnd | None = None
         self.sigterm: SigtermTrap | None = None
         self.server: Any = None
+        self.slots_dir: Path | None = None  # the session's call slots and workers' progress (xdist)
+        self.display: Any = None
 
     # ----- xdist plumbing -----
 
@@ -62,6 +64,11 @@ class Controller:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["evals_session_id"] = self.harness.session_id
         node.workerinput["evals_lm_server"] = self.harness.lm_server
+        if self.slots_dir is None:
+            import tempfile
+
+            self.slots_dir = Path(tempfile.mkdtemp(prefix="evals-slots-"))
+        node.workerinput["evals_slots_dir"] = str(self.slots_dir)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -75,10 +82,13 @@ class Controller:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        from evals.harness.progress import terminal_display
         from evals.signals import trap_sigterm
 
         # A CI runner cancels with SIGTERM: stop like Ctrl-C, so what was gathered is spooled.
         self.sigterm = trap_sigterm()
+        self.display = terminal_display(self.config)
+        self.harness.on_tick = self.show_progress
         if self.harness.settings["lm-server"]:
             self.start_lm_server()
         # Fail fast, before any worker starts or any LM call: bad program names, a bad thresholds.yaml.
@@ -102,7 +112,24 @@ class Controller:
         self.server = start_mlx_server(Path(model), settings.path("cache-dir") / "logs")
         self.harness.lm_server = {"spec": self.server.spec(), "api_base": self.server.api_base}
 
+    def show_progress(self) -> None:
+        """Examples done and calls in flight: this process's, or the xdist workers' files summed."""
+        if self.display is None:
+            return
+        if self.slots_dir is not None:
+            from evals.harness.evaluations import read_progress
+
+            self.display.update(lambda elapsed: read_progress(self.slots_dir, elapsed))
+        elif self.harness.evaluations is not None:
+            self.display.update(
+                lambda elapsed: self.harness.evaluations.progress() if self.harness.evaluations else None
+            )
+
+    @pytest.hookimpl(tryfirst=True)  # before pytest writes the test's result where the progress text stands
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.display is not None:
+            self.display.clear()
+            self.show_progress()
         if report.when != "call":
             return
         for key, value in report.user_properties:
@@ -130,6 +157,9 @@ class Controller:
         return result
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.harness.stop_evaluations()
+        if self.display is not None:
+            self.display.clear()
         if not (self.gathered.records or self.gathered.stability):
             return
         if self.summary is None:  # interrupted before the loop ended: keep what was gathered
@@ -144,6 +174,10 @@ class Controller:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.slots_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.slots_dir, ignore_errors=True)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.summary is None:

@@ -140,8 +140,9 @@ def evaluate_recording(
     session: Harness, request: pytest.FixtureRequest, program: str, diagnosis: str
 ) -> DiagnosisOutcome:
     """``session.evaluate``; when it finds the LM down, the records it gathered still travel with the report."""
+    session.start_evaluations(request.session)  # the first eval test plans the process's (--evals-concurrency)
     try:
-        return session.evaluate(program, diagnosis)
+        return session.evaluate(program, diagnosis, request.node)
     except LMUnavailable as exc:
         request.node.user_properties.append((RECORDS_PROPERTY, [record.to_dict() for record in exc.records]))
         raise
@@ -152,6 +153,7 @@ def evals_stability(evals_session: Harness, evals_lm: Any, request: pytest.Fixtu
     """Compare a program's answers on an example and on a perturbed text; the record travels with the report."""
 
     def check(program: str, example: Any, text: str, perturbations: tuple[str, ...]) -> Any:
+        evals_session.start_evaluations(request.session)  # its calls count against --evals-concurrency
         record = evals_session.stability(program, example, text, perturbations)
         request.node.user_properties.append((STABILITY_PROPERTY, [{"record": record.to_dict(), "text": text}]))
         return record

@@ -32,6 +32,8 @@ class ExampleRecord:
         attempts: Calls made for the example (1 when the first one answered).
         lm_down: Why the LM is clearly down ("connection refused", "unknown host",
             "credentials refused") when the last attempt failed that way, else ``None``.
+        rate_limited: Calls of this example that the provider turned away with HTTP 429 (each was
+            retried after its ``Retry-After`` within the example budget; included in ``attempts``).
         started_at: Epoch seconds when the example started (the start of its trace).
         cost_usd: What its LM calls cost as the provider reported it (0 for cache hits and local models).
         calls: Its last LM calls (rendered messages, raw completion), bounded in size; MLflow traces.
@@ -49,6 +51,7 @@ class ExampleRecord:
     cached: bool = False
     attempts: int = 1
     lm_down: str | None = None
+    rate_limited: int = 0
     started_at: float = 0.0
     cost_usd: float = 0.0
     calls: tuple[LMCall, ...] = ()

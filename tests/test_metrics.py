@@ -165,10 +165,12 @@ def test_flat_metrics_names_and_values(known: ProgramMetrics) -> None:
         "completion_tokens",
         "cost_usd",
         "cost_per_example_usd",
+        "rate_limited",
     }
     per_label = {f"{k}.{d}" for k in ("recall", "precision", "f1", "support") for d in (ALLERGY, DENGUE, MIGRAINE)}
     assert set(flat) == headline | per_label
     assert flat["n"] == 5.0
+    assert flat["rate_limited"] == 0.0
     assert flat["recall.allergy"] == pytest.approx(1 / 3)
     assert flat["support.allergy"] == 3.0
     assert flat["prompt_tokens"] == 500.0
@@ -239,3 +241,19 @@ def test_aggregate_properties(records: list[ExampleRecord]) -> None:
             expected = m.confusion[i][i] / d.support if d.support else 0.0
             assert d.recall == pytest.approx(expected)
             assert 0.0 <= d.precision <= 1.0 and 0.0 <= d.f1 <= 1.0
+
+
+def test_rate_limited_calls_are_summed_per_program() -> None:
+    from dataclasses import replace
+
+    records = [
+        replace(rec("zero_shot", 1, ALLERGY, ALLERGY), rate_limited=2),
+        replace(rec("zero_shot", 2, DENGUE, None), rate_limited=1),
+        rec("other", 1, ALLERGY, ALLERGY),
+    ]
+    result = aggregate(records)
+    assert (result["zero_shot"].rate_limited, result["other"].rate_limited) == (3, 0)
+    assert flat_metrics(result["zero_shot"])["rate_limited"] == 3.0
+    assert metrics_from_dict(metrics_to_dict(result["zero_shot"])).rate_limited == 3
+    old = {k: v for k, v in metrics_to_dict(result["zero_shot"]).items() if k != "rate_limited"}
+    assert metrics_from_dict(old).rate_limited == 0  # bundles written before the metric still load

@@ -75,6 +75,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _concurrency(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected auto or a number of calls (0 or more), found {text!r}")
+    return value
+
+
 def _split(text: str) -> str:
     if text not in ("train", "val", "test"):
         raise ValueError(f"expected train, val or test, found {text!r}")
@@ -110,6 +119,13 @@ OPTIONS: tuple[Option, ...] = (
         "Wall-clock seconds for one example, every retry and wait included; "
         "no retry starts that could not end within it",
         _positive_float,
+    ),
+    Option(
+        "concurrency",
+        "auto",
+        "LM calls in flight for the whole session, xdist workers included (auto: 8 for HTTP LMs, none for "
+        "in-process engines, which run one call at a time per process; 0: one at a time per process)",
+        _concurrency,
     ),
     Option("data-dir", None, "Local directory with train.jsonl and test.jsonl (default: the Hugging Face Hub)"),
     Option("split", "test", "Split to evaluate: train, val or test", _split),

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import import_module
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,7 +27,11 @@ from evals.config.settings import Settings
 from evals.config.thresholds import load_thresholds
 from evals.data import Example, SymptomDataset
 from evals.errors import ConfigError, LMUnavailable
+from evals.harness.runner import RetryPolicy
 from evals.records import RECORDS_PROPERTY, ExampleRecord
+
+if TYPE_CHECKING:
+    from evals.harness.evaluations import Evaluations
 
 ANSWERED_ERRORS = ("AdapterParseError", "answer outside")
 """Errors that mean the LM did answer (with garbage), as opposed to being down."""
@@ -66,6 +72,8 @@ class Harness:
         self.lm_answered = False
         self.fatal: str | None = None
         self._programs: dict[str, Any] = {}
+        self.evaluations: Evaluations | None = None
+        self.on_tick: Callable[[], None] = lambda: None  # progress, set by the controller or the worker
 
     # ----- resources -----
 
@@ -210,16 +218,19 @@ class Harness:
         lm = dspy.settings.lm or self.lm
         full_train = self.dspy_examples("train")
         extra = self.optimizer_classes
-        module, event = get_or_compile(
-            cache_dir=self.settings.path("cache-dir"),
-            program=name,
-            parts=self.compile_parts(spec, config, trainset, valset),
-            empty=lambda: empty_shape(config, spec.build(full_train), trainset, extra),
-            compile=lambda: compile_program(config, spec.build(full_train), trainset, valset, diagnosis_match, extra),
-            count_lm_calls=lambda: len(lm.history),
-            session_id=self.session_id,
-            recompile=self.settings["recompile"],
-        )
+        with self.one_call_slot():  # the optimizers here call the LM one call at a time
+            module, event = get_or_compile(
+                cache_dir=self.settings.path("cache-dir"),
+                program=name,
+                parts=self.compile_parts(spec, config, trainset, valset),
+                empty=lambda: empty_shape(config, spec.build(full_train), trainset, extra),
+                compile=lambda: compile_program(
+                    config, spec.build(full_train), trainset, valset, diagnosis_match, extra
+                ),
+                count_lm_calls=lambda: len(lm.history),
+                session_id=self.session_id,
+                recompile=self.settings["recompile"],
+            )
         self.compile_events.append(event)
         return module
 
@@ -254,23 +265,73 @@ class Harness:
             "metric": source_hash(diagnosis_match),
         }
 
+    # ----- concurrent evaluation (evals.harness.evaluations) -----
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(budget_s=self.settings["example-budget"], call_timeout_s=self.settings["timeout"])
+
+    def examples_of(self, diagnosis: str) -> list[Example]:
+        return [e for e in self.sampled_examples if e.diagnosis == diagnosis]
+
+    def uses_lm(self, name: str) -> bool:
+        """False for a reference program (no LM call)."""
+        return not self.registry[split_name(name)[0]].reference
+
+    def start_evaluations(self, session: pytest.Session) -> Evaluations:
+        """The process's evaluations (``--evals-concurrency``), made at its first eval test."""
+        if self.evaluations is None:
+            from evals.harness.evaluations import Evaluations, concurrency_for
+            from evals.harness.prefetch import SequentialLookahead, XdistLookahead, find_xdist_interactor
+
+            slots = self.worker_input.get("evals_slots_dir") if self.worker_input else None
+            try:
+                backend = self.lm_spec().backend
+            except ConfigError:  # reported once, as a usage error, where the session's params are read
+                backend = "unknown"
+            concurrency = concurrency_for(self.settings["concurrency"], backend, Path(slots) if slots else None)
+            interactor = find_xdist_interactor(session.config.pluginmanager.get_plugins())
+            lookahead = XdistLookahead(interactor, session.items) if interactor else SequentialLookahead(session.items)
+            self.evaluations = Evaluations(self, concurrency, lookahead, session.items, on_tick=lambda: self.on_tick())
+        return self.evaluations
+
+    def stop_evaluations(self) -> None:
+        """Cancel the examples not started (the session ends or stops)."""
+        if self.evaluations is not None:
+            self.evaluations.close()
+
+    def one_call_slot(self) -> AbstractContextManager[Any]:
+        """Hold one of the session's call slots (for LM calls made outside the runner, like a compile)."""
+        from evals.harness.limiter import Limiter
+
+        gate = self.evaluations.gate if self.evaluations is not None else None
+        return gate.hold() if isinstance(gate, Limiter) else nullcontext()
+
     # ----- one test -----
 
-    def evaluate(self, program: str, diagnosis: str) -> DiagnosisOutcome:
+    def evaluate(self, program: str, diagnosis: str, item: Any = None) -> DiagnosisOutcome:
         """Run ``program`` on the sampled examples of ``diagnosis`` and check its recall floor.
 
+        With the process's evaluations started and the test's ``item``, the records come from them
+        (evaluated ahead, concurrently); else the examples run here, one at a time.
         A diagnosis with no example in the sample skips its test (nothing to measure is no pass).
         """
         from evals.gates.thresholds import diagnosis_failure
-        from evals.harness.runner import RetryPolicy, run_examples
+        from evals.harness.runner import run_examples
 
-        examples = [e for e in self.sampled_examples if e.diagnosis == diagnosis]
+        examples = self.examples_of(diagnosis)
         if not examples:
             pytest.skip(f"no examples of {diagnosis!r} in the {self.settings['split']} sample")
-        retry = RetryPolicy(budget_s=self.settings["example-budget"], call_timeout_s=self.settings["timeout"])
-        records = run_examples(self.program(program), program, examples, retry=retry)
-        if not self.registry[split_name(program)[0]].reference:  # a reference program makes no LM call
-            self._check_lm_alive(records)
+        if self.evaluations is not None and item is not None:
+            records = self.evaluations.records(item, program, diagnosis)
+        else:
+            records = run_examples(self.program(program), program, examples, retry=self.retry)
+        if self.uses_lm(program):  # a reference program makes no LM call
+            try:
+                self._check_lm_alive(records)
+            except LMUnavailable:
+                self.stop_evaluations()
+                raise
         correct = sum(record.correct for record in records)
         limits = self.policies.thresholds.for_program(program)
         failure = diagnosis_failure(program, diagnosis, correct, len(records), limits)
@@ -296,12 +357,14 @@ class Harness:
         """Run ``program`` on an example and on a perturbed copy of its text; compare the answers."""
         from dataclasses import replace
 
+        from evals.harness.limiter import UNLIMITED
         from evals.harness.runner import run_one
         from evals.stats.robustness import StabilityRecord
 
         module = self.program(program)
-        original = run_one(module, program, example)
-        perturbed = run_one(module, program, replace(example, symptoms=text))
+        gate = self.evaluations.gate if self.evaluations is not None else UNLIMITED
+        original = run_one(module, program, example, gate=gate)
+        perturbed = run_one(module, program, replace(example, symptoms=text), gate=gate)
         return StabilityRecord(
             program,
             example.id,

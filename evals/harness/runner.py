@@ -6,26 +6,29 @@ error for that example; the run goes on. This is the only retry layer: the LM is
 with ``num_retries=0`` (:func:`evals.lm.spec.build_lm`). An answer outside the 22 labels is
 recorded as invalid. A failure that says the LM is clearly down (connection refused,
 unknown host, credentials refused) is marked on the record so that the session can stop.
+An HTTP 429 (rate limited) is waited out as the provider asks and retried within the budget.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from evals.calls import CallRecorder, total_cost
 from evals.data import Example
+from evals.harness.limiter import UNLIMITED, Gate, Outcome, rate_limit_delay
 from evals.labels import DIAGNOSIS_SET
 from evals.records import ExampleRecord
 
 MAX_ERROR_CHARS = 300
 DEFAULT_BUDGET_S = 300.0
 DEFAULT_CALL_TIMEOUT_S = 120.0
+MAX_RATE_LIMIT_BACKOFF_S = 30.0
+"""The longest wait after a 429 that named no Retry-After (the waits double from ``backoff_s``)."""
 
 _REFUSED = ("connection refused", "actively refused")
 _UNKNOWN_HOST = (
@@ -73,6 +76,10 @@ class RetryPolicy:
         worst = max(self.call_timeout_s, slowest_s)
         return elapsed_s + delay_s + worst <= self.budget_s
 
+    def slot_wait_s(self, elapsed_s: float, slowest_s: float = 0.0) -> float:
+        """The longest wait for a call slot after which an attempt could still end within the budget."""
+        return max(0.0, self.budget_s - elapsed_s - max(self.call_timeout_s, slowest_s))
+
 
 def run_examples(
     program: Callable[..., Any],
@@ -95,44 +102,66 @@ def run_one(
     retry: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.perf_counter,
+    gate: Gate = UNLIMITED,
 ) -> ExampleRecord:
     """Run one example with retries within the budget; never raises for LM or parse failures.
 
-    The record's ``latency_ms`` is the wall time of the whole example: every attempt and wait.
+    Each attempt holds one admission of ``gate`` (the session's cap on LM calls in flight). An
+    HTTP 429 is retried after the ``Retry-After`` the provider asked for, without using up one
+    of ``retry.attempts``, for as long as the budget allows; it is counted on the record
+    (``rate_limited``). The record's ``latency_ms`` is the wall time of the whole example from
+    its first call: every attempt and wait, but not the wait for the first admission.
     """
     import dspy
 
     error: str | None = None
     down: str | None = None
-    attempts = 0
-    slowest = 0.0
-    started = clock()
+    attempts = failures = rate_limited = 0
+    slowest = delay = 0.0
+    started: float | None = None
     recorder, wall_start = CallRecorder(), time.time()  # this example's LM calls, for its MLflow trace
-    for delay in retry.delays():
-        if attempts and not retry.allows(clock() - started, delay, slowest):
+    while True:
+        if started is not None and not retry.allows(clock() - started, delay, slowest):
             break
         sleep(delay)
+        admission = gate.acquire(None if started is None else retry.slot_wait_s(clock() - started, slowest))
+        if admission is None:  # no slot came free early enough for the attempt to end within the budget
+            break
+        if started is None:
+            started = clock()
         attempts += 1
         attempt_started = clock()
         try:
             with dspy.track_usage() as usage, recorder.recording():
                 prediction = program(symptoms=example.symptoms)
         except Exception as exc:  # any LM/adapter failure becomes a recorded error
+            after = rate_limit_delay(exc)
+            admission.release(Outcome.FAILED if after is None else Outcome.RATE_LIMITED)
             error, down = error_line(exc), lm_down_reason(exc)
             slowest = max(slowest, clock() - attempt_started)
+            if after is not None:
+                rate_limited += 1
+                delay = after or min(retry.backoff_s * 2 ** (rate_limited - 1), MAX_RATE_LIMIT_BACKOFF_S)
+                continue
+            failures += 1
+            if failures >= retry.attempts:
+                break
+            delay = retry.backoff_s * 2 ** (failures - 1)
             continue
+        admission.release(Outcome.ANSWERED)
         record = _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
-        return with_calls(record, recorder, wall_start)
+        return with_calls(replace(record, rate_limited=rate_limited), recorder, wall_start)
     failed = ExampleRecord(
         program_name,
         example.id,
         example.symptoms,
         example.diagnosis,
         None,
-        (clock() - started) * 1000,
+        0.0 if started is None else (clock() - started) * 1000,
         error=error,
         attempts=attempts,
         lm_down=down,
+        rate_limited=rate_limited,
     )
     return with_calls(failed, recorder, wall_start)
 
@@ -140,7 +169,7 @@ def run_one(
 def with_calls(record: ExampleRecord, recorder: CallRecorder, started_at: float) -> ExampleRecord:
     """The record with its start time, its LM calls and what they cost (for its MLflow trace)."""
     calls = recorder.result()
-    return dataclasses.replace(record, started_at=started_at, calls=calls, cost_usd=total_cost(calls))
+    return replace(record, started_at=started_at, calls=calls, cost_usd=total_cost(calls))
 
 
 def _record(

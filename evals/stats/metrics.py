@@ -54,6 +54,7 @@ class ProgramMetrics:
     per_diagnosis: dict[str, DiagnosisMetrics]
     confusion: tuple[tuple[int, ...], ...]
     cost_usd: float = 0.0  # what the LM calls cost, as the provider reported it (0 for cache hits, local models)
+    rate_limited: int = 0  # calls turned away with HTTP 429 (then retried)
 
     @property
     def confusion_columns(self) -> tuple[str, ...]:
@@ -142,6 +143,7 @@ def _program_metrics(program: str, records: Sequence[ExampleRecord]) -> ProgramM
         per_diagnosis=per_diagnosis,
         confusion=confusion,
         cost_usd=sum(r.cost_usd for r in records),
+        rate_limited=sum(r.rate_limited for r in records),
     )
 
 
@@ -164,6 +166,7 @@ def flat_metrics(m: ProgramMetrics) -> dict[str, float]:
         "completion_tokens": float(m.completion_tokens),
         "cost_usd": m.cost_usd,
         "cost_per_example_usd": m.cost_usd / m.n if m.n else 0.0,
+        "rate_limited": float(m.rate_limited),
     }
     for d in m.per_diagnosis.values():
         if d.support > 0:

@@ -1,0 +1,88 @@
+"""Unit tests of the progress line: the text, in place on a terminal, periodic lines elsewhere."""
+
+from __future__ import annotations
+
+from evals.harness.progress import CLEAR_TO_END, RESTORE, SAVE, Display, Progress, fit, progress_line
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Screen:
+    def __init__(self) -> None:
+        self.raw: list[str] = []
+        self.lines: list[str] = []
+
+
+def reading(elapsed: float) -> Progress:
+    return Progress(done=120, total=212, in_flight=16, elapsed_s=elapsed)
+
+
+def test_progress_line() -> None:
+    assert progress_line(Progress(120, 212, 16, 45.2)) == "evals: 120/212 examples, 16 calls in flight, 0:45"
+    assert progress_line(Progress(3, 5, 0, 3725, rate_limited=7)) == (
+        "evals: 3/5 examples, 0 calls in flight, 7 rate-limited, 62:05"
+    )
+
+
+def test_fit() -> None:
+    assert fit("abcdef", 10) == "abcdef"
+    assert fit("abcdef", 4) == "abc…"
+    assert fit("abcdef", 0) == ""
+
+
+def test_plain_output_waits_a_period_then_writes_a_line_per_period() -> None:
+    clock, screen = Clock(), Screen()
+    display = Display(screen.raw.append, screen.lines.append, clock=clock, every_s=30)
+    for _ in range(29):
+        clock.now += 1
+        display.update(reading)
+    assert screen.lines == []  # a short session prints nothing
+    clock.now += 1
+    display.update(reading)
+    clock.now += 10
+    display.update(reading)
+    clock.now += 20
+    display.update(reading)
+    assert screen.lines == [progress_line(reading(30)), progress_line(reading(60))]
+    assert screen.raw == []
+
+
+def test_a_terminal_gets_the_line_in_place_after_pytests_own_output() -> None:
+    clock, screen = Clock(), Screen()
+    display = Display(screen.raw.append, screen.lines.append, room=lambda: 60, tty=True, clock=clock, tty_every_s=0.5)
+    display.update(reading)
+    clock.now += 0.2
+    display.update(reading)  # too soon
+    clock.now += 0.4
+    display.update(reading)
+    assert len(screen.raw) == 2 and screen.lines == []
+    text = screen.raw[-1]
+    assert text.startswith(SAVE) and text.endswith(CLEAR_TO_END + RESTORE)
+    shown = text[len(SAVE) : -len(CLEAR_TO_END + RESTORE)]
+    assert shown.startswith("  evals: 120/212 examples") and len(shown) <= 59
+    display.clear()
+    assert screen.raw[-1] == CLEAR_TO_END
+    display.clear()
+    assert len(screen.raw) == 3  # nothing shown, nothing to clear
+
+
+def test_a_terminal_without_a_known_column_falls_back_to_periodic_lines() -> None:
+    clock, screen = Clock(), Screen()
+    display = Display(screen.raw.append, screen.lines.append, room=lambda: None, tty=True, clock=clock, every_s=5)
+    clock.now += 6
+    display.update(reading)
+    assert screen.raw == [] and len(screen.lines) == 1
+
+
+def test_reading_is_only_taken_when_shown() -> None:
+    clock, screen = Clock(), Screen()
+    calls: list[float] = []
+    display = Display(screen.raw.append, screen.lines.append, clock=clock, every_s=30)
+    display.update(lambda elapsed: calls.append(elapsed) or reading(elapsed))  # type: ignore[func-returns-value]
+    assert calls == []
