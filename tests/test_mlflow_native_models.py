@@ -33,13 +33,21 @@ def train_pairs() -> list[tuple[str, str]]:
     return [(f"{word} {i} with {label}", label) for i, label in enumerate(DIAGNOSES) for word in words]
 
 
+OPTIMIZER_OF = {"zero_shot+knn_few_shot": ("KNNFewShot", '{"k": 2}'), "zero_shot+labeled": ("LabeledFewShot", "{}")}
+
+
 def state_of(program: str, train: list[tuple[str, str]]) -> dict:
     import dspy
 
-    from programs.registry import PROGRAMS
+    from programs.registry import OPTIMIZERS, PROGRAMS
 
     examples = [dspy.Example(symptoms=s, diagnosis=d).with_inputs("symptoms") for s, d in train]
-    return {"program": program, "state": PROGRAMS[program].build(examples).dump_state()}
+    module = PROGRAMS[program.partition("+")[0]].build(examples)
+    if program == "zero_shot+knn_few_shot":
+        module = OPTIMIZERS["KNNFewShot"](k=2).shape(module, examples)
+    elif program == "zero_shot+labeled":
+        module = dspy.LabeledFewShot(k=3).compile(module, trainset=examples)  # demos in the state
+    return {"program": program, "state": module.dump_state()}
 
 
 def publish(uri: str, root: Path, program: str, lm_spec: str, api_base: str) -> tuple[str, str]:
@@ -49,9 +57,16 @@ def publish(uri: str, root: Path, program: str, lm_spec: str, api_base: str) -> 
     client.log_batch(run, metrics=[Metric("accuracy", 0.75, int(time.time() * 1000), 0)])
     train = train_pairs()
     artifacts = models.write_model_files(root / "model-files", state_of(program, train), train)
-    config = ModelConfig(program=program, lm_spec=lm_spec, lm_api_base=api_base)
+    optimizer_cls, optimizer_params = OPTIMIZER_OF.get(program, ("", "{}"))
+    config = ModelConfig(
+        program=program,
+        lm_spec=lm_spec,
+        lm_api_base=api_base,
+        optimizer_cls=optimizer_cls,
+        optimizer_params=optimizer_params,
+    )
     model_id = log_program_model(uri, run, config, artifacts)
-    name = f"symptom-diagnosis.{program}"
+    name = "symptom-diagnosis." + program.replace("+", ".")
     client.create_registered_model(name)
     client.set_registered_model_alias(name, "champion", create_model_version(client, uri, name, model_id, run))
     return run, model_id
@@ -65,7 +80,9 @@ def fake():
         yield server
 
 
-@pytest.mark.parametrize("program", ["zero_shot", "knn_few_shot", "tfidf_logreg"])
+@pytest.mark.parametrize(
+    "program", ["zero_shot", "knn_few_shot", "tfidf_logreg", "zero_shot+knn_few_shot", "zero_shot+labeled"]
+)
 def test_the_champion_loads_from_the_registry_and_predicts_valid_labels(tmp_path: Path, fake, program: str) -> None:
     import mlflow
 
@@ -74,22 +91,22 @@ def test_the_champion_loads_from_the_registry_and_predicts_valid_labels(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run, model_id = publish(uri, tmp_path, program, "" if program == "tfidf_logreg" else "openai/fake", fake.base_url)
     client = mlflow.MlflowClient(uri)
-    version = client.get_model_version_by_alias(f"symptom-diagnosis.{program}", "champion")
+    version = client.get_model_version_by_alias("symptom-diagnosis." + program.replace("+", "."), "champion")
     assert (version.run_id, version.source) == (run, f"models:/{model_id}")
     logged = client.get_logged_model(model_id)
     assert logged.experiment_id == client.get_run(run).info.experiment_id
     assert [m.model_id for m in client.search_logged_models([logged.experiment_id])] == [model_id]
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [
-        {"name": f"symptom-diagnosis.{program}", "version": str(version.version)}
+        {"name": "symptom-diagnosis." + program.replace("+", "."), "version": str(version.version)}
     ]
     assert [(m.key, m.value) for m in logged.metrics or []] == [("accuracy", 0.75)]  # eval metrics on the model
     files = {p.name for p in Path(logged.artifact_location.removeprefix("file://")).rglob("*")}
     assert {"program_model.py", "program.json", "train.jsonl", "input_example.json"} <= files
     assert not any(name.endswith((".pkl", ".pickle", ".cloudpickle")) for name in files)  # never a pickle
     with models.using_tracking_uri(uri):
-        predicted = mlflow.pyfunc.load_model(f"models:/symptom-diagnosis.{program}@champion").predict(
-            pd.DataFrame({"symptoms": TEXTS})
-        )
+        predicted = mlflow.pyfunc.load_model(
+            "models:/symptom-diagnosis." + program.replace("+", ".") + "@champion"
+        ).predict(pd.DataFrame({"symptoms": TEXTS}))
     assert list(predicted.columns) == ["diagnosis"]
     assert set(predicted["diagnosis"]) <= DIAGNOSIS_SET and len(predicted) == 2
     assert fake.stats.snapshot()["total"] == (0 if program == "tfidf_logreg" else 2)

@@ -206,7 +206,7 @@ def log_program_model(
         warnings.simplefilter("ignore")
         info = Model.log(
             artifact_path=None,
-            name=config.program.replace("+", "."),  # the model page names the program
+            name=config.program,  # the Models page names the program (no "." allowed there; "+" is)
             flavor=_PYFUNC_UNVALIDATED,
             flavor_name="pyfunc.ModelFromCode",
             run_id=run_id,

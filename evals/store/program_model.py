@@ -7,10 +7,14 @@ its dspy JSON state; ``predict`` takes a frame with a ``symptoms`` column.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+# The input schema is the signature logged with the model, not type hints on predict: MLflow's advice is noise.
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
 
 
 class DSPyProgramModel(PythonModel):
