@@ -122,7 +122,7 @@ class Controller:
             self.display.update(lambda elapsed: read_progress(self.slots_dir, elapsed))
         elif self.harness.evaluations is not None:
             self.display.update(
-                lambda elapsed: self.harness.evaluations.progress() if self.harness.evaluations else None
+                lambda elapsed: self.harness.evaluations.progress(elapsed) if self.harness.evaluations else None
             )
 
     @pytest.hookimpl(tryfirst=True)  # before pytest writes the test's result where the progress text stands

@@ -86,3 +86,49 @@ def test_reading_is_only_taken_when_shown() -> None:
     display = Display(screen.raw.append, screen.lines.append, clock=clock, every_s=30)
     display.update(lambda elapsed: calls.append(elapsed) or reading(elapsed))  # type: ignore[func-returns-value]
     assert calls == []
+
+
+class FakeWriter:
+    def __init__(self, width: int) -> None:
+        self.width_of_current_line = width
+
+
+class FakeReporter:
+    def __init__(self, width: int, tty: bool) -> None:
+        self._tw = FakeWriter(width)
+        self.tty, self.out = tty, []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.out.append(text)
+
+    def write_line(self, text: str) -> None:
+        self.out.append(text + "\n")
+
+
+class FakeConfig:
+    def __init__(self, reporter: FakeReporter | None) -> None:
+        self.pluginmanager = self
+        self.reporter = reporter
+
+    def get_plugin(self, name: str) -> object:
+        return self.reporter if name == "terminalreporter" else None
+
+
+def test_terminal_display_starts_its_periodic_lines_on_a_fresh_line() -> None:
+    from evals.harness.progress import terminal_display
+
+    reporter = FakeReporter(width=4, tty=False)  # "....": pytest -q's dots, no file name ending the line
+    display = terminal_display(FakeConfig(reporter))
+    assert display is not None and not display.tty
+    display.started -= 31
+    display.update(reading)
+    assert len(reporter.out) == 2 and reporter.out[0] == "\n"
+    assert reporter.out[1].startswith("evals: 120/212 examples, 16 calls in flight")
+    reporter._tw.width_of_current_line = 0  # pytest ended its line: no blank line before ours
+    display.clock = lambda: display.started + 100
+    display.update(reading)
+    assert len(reporter.out) == 3 and reporter.out[2].startswith("evals: ")
+    assert terminal_display(FakeConfig(None)) is None

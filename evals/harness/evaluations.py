@@ -119,13 +119,14 @@ class Evaluations:
         tick()
         return prefetcher.results(futures, tick=tick)
 
-    def progress(self) -> Progress:
+    def progress(self, elapsed_s: float | None = None) -> Progress:
+        """Examples done of the total, calls in flight and 429s; ``elapsed_s`` from the caller's clock if given."""
         stats = self.gate.stats() if isinstance(self.gate, Limiter) else None
         return Progress(
             self.counter.done,
             self.counter.total,
             stats.in_flight if stats else 0,
-            time.monotonic() - self.started,
+            time.monotonic() - self.started if elapsed_s is None else elapsed_s,
             stats.rate_limited if stats else 0,
         )
 

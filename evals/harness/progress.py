@@ -156,4 +156,9 @@ def terminal_display(config: Any) -> Display | None:
         width = getattr(writer, "width_of_current_line", None)
         return None if width is None else shutil.get_terminal_size().columns - int(width)
 
-    return Display(uncaptured(raw), uncaptured(reporter.write_line), room=room, tty=bool(reporter.isatty()))
+    def line(text: str) -> None:
+        if getattr(writer, "width_of_current_line", 0):  # after pytest's dots (-q has no file name to end the line)
+            reporter.write("\n")
+        reporter.write_line(text)
+
+    return Display(uncaptured(raw), uncaptured(line), room=room, tty=bool(reporter.isatty()))
