@@ -291,7 +291,9 @@ class Harness:
                 backend = "unknown"
             concurrency = concurrency_for(self.settings["concurrency"], backend, Path(slots) if slots else None)
             interactor = find_xdist_interactor(session.config.pluginmanager.get_plugins())
-            lookahead = XdistLookahead(interactor, session.items) if interactor else SequentialLookahead(session.items)
+            # A worker whose queue cannot be read (another xdist) plans nothing ahead: its tests are not all its own.
+            ahead = session.items if self.worker_input is None else []
+            lookahead = XdistLookahead(interactor, session.items) if interactor else SequentialLookahead(ahead)
             self.evaluations = Evaluations(self, concurrency, lookahead, session.items, on_tick=lambda: self.on_tick())
         return self.evaluations
 
