@@ -76,7 +76,7 @@ def test_compare_lists_recall_changes_as_text() -> None:
     sessions = _sessions()
     text = _render(compare_table(sessions[1], sessions[0], compare(sessions[1], sessions[0])))
     assert "Recall changes" in text
-    assert "bronchial asthma 0.250->0.000" in text
+    assert "recall.bronchial_asthma 0.250->0.000 (-0.250)" in text
     assert "gastroesophageal" not in text  # unchanged recalls are left out
 
 

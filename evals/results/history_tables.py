@@ -37,7 +37,7 @@ def sparkline(values: Sequence[float | None]) -> str:
 
 
 def sessions_table(sessions: Sequence[Session]) -> Table:
-    """One row per session (newest first): when, run id (8 characters), verdict, trigger, branch."""
+    """One row per session (newest first): when, run id (whole: `evals promote` takes it), verdict, trigger, branch."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -58,7 +58,7 @@ def sessions_table(sessions: Sequence[Session]) -> Table:
         table.add_row(
             str(number),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(session.started_at)),
-            session.run_id[:8],
+            session.run_id,
             f"[{style}]{escape(verdict)}[/]" if style else escape(verdict),
             escape(session.trigger),
             escape(session.branch),
@@ -132,8 +132,7 @@ def compare_table(a: Session, b: Session, deltas: Sequence[Delta]) -> Renderable
         recalls = [d for name, d in metrics.items() if name.startswith("recall.")]
         if recalls:
             parts = ", ".join(
-                f"{d.metric[len('recall.') :].replace('_', ' ')} {_number(d.before)}->{_number(d.after)}"
-                for d in recalls
+                f"{d.metric} {_number(d.before)}->{_number(d.after)} ({_change(d.change, None)})" for d in recalls
             )
             recall_lines.append(Text.assemble((f"{program}: ", "bold"), parts))
     if not recall_lines:
