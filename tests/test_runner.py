@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import dspy
 import pytest
@@ -379,3 +380,25 @@ def test_a_time_out_names_the_cli_option_not_the_clients_setting() -> None:
     assert "--evals-timeout" in TIMEOUT_HINT
     assert error_line(ValueError("bad json")) == "ValueError: bad json"
     assert len(error_line(TimeoutError("x" * 5000))) == MAX_ERROR_CHARS
+
+
+def test_stability_runs_within_the_users_timeout_and_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The robustness path honours --evals-timeout and --evals-example-budget, as evaluate does."""
+    import evals.harness.runner as runner_module
+    from evals.config.settings import resolve
+    from evals.harness.resources import Harness
+
+    settings = resolve({}, {}, {"EVALS_TIMEOUT": "7", "EVALS_EXAMPLE_BUDGET": "9"}, tmp_path)
+    harness = Harness(settings)
+    monkeypatch.setattr(Harness, "program", lambda self, name: object())
+    policies: list[RetryPolicy] = []
+
+    def fake_run_one(module: object, program: str, example: Example, **kwargs: object) -> ExampleRecord:
+        policies.append(kwargs["retry"])  # type: ignore[arg-type]
+        return ExampleRecord(program, example.id, example.symptoms, example.diagnosis, example.diagnosis, 1.0)
+
+    monkeypatch.setattr(runner_module, "run_one", fake_run_one)
+    harness.stability("zero_shot", Example("test-0001", "itchy rash", "allergy"), "itchy  rash", ("whitespace",))
+
+    assert policies == [harness.retry, harness.retry]
+    assert (policies[0].budget_s, policies[0].call_timeout_s) == (9.0, 7.0)

@@ -365,8 +365,8 @@ class Harness:
 
         module = self.program(program)
         gate = self.evaluations.gate if self.evaluations is not None else UNLIMITED
-        original = run_one(module, program, example, gate=gate)
-        perturbed = run_one(module, program, replace(example, symptoms=text), gate=gate)
+        original = run_one(module, program, example, gate=gate, retry=self.retry)
+        perturbed = run_one(module, program, replace(example, symptoms=text), gate=gate, retry=self.retry)
         return StabilityRecord(
             program,
             example.id,
