@@ -82,3 +82,14 @@ def test_no_download_progress_bars(tmp_path: Path, quiet: bool) -> None:
     assert done.returncode == 0, done.stderr
     assert ("Downloading artifacts" in done.stderr) is not quiet
     assert ("INFO mlflow" in done.stderr) is not quiet
+
+
+def test_the_program_model_file_defines_without_mlflow_advice() -> None:
+    """MLflow runs the model-from-code file on every log and load; its "add type hints" advice is noise here."""
+    model_file = Path(__file__).resolve().parents[1] / "evals" / "store" / "program_model.py"
+    code = f"import mlflow.pyfunc, runpy; runpy.run_path({str(model_file)!r})"
+    result = subprocess.run(
+        [sys.executable, "-W", "always::UserWarning", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "type hints" not in result.stderr
