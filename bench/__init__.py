@@ -19,12 +19,21 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.children import child_dspy_evaluate, child_mlflow_upload, child_plain_loop, child_prompt_rate
+from bench.children import (
+    child_dspy_evaluate,
+    child_http_evaluate,
+    child_mlflow_upload,
+    child_plain_loop,
+    child_prompt_rate,
+)
 from bench.common import PROMPT_REPEATS, SYNTHETIC_PROGRAMS, UPLOAD_REPEATS, UPLOAD_SIZES, BenchError
+from bench.http_lm import HTTP_ORDER, http_measures, http_rows
 from bench.processes import ChildRun, HarnessRun, Plan, machine_info, run_child, run_harness
 from bench.results import BenchReport, Goal, Row, ratio, render_markdown
 
@@ -152,14 +161,41 @@ def _runs(runs: Sequence[Any]) -> str:
     return f"mean of {len(runs)} runs each, in palindromic order"
 
 
-# ----- the whole bench -----
+# ----- the whole bench: sections of steps and rows -----
 
 PAIRED = ("n0", "plain", "evaluate", "n2")
 ORDER = ("prompt", *PAIRED, *reversed(PAIRED), "cold", "warm", "auto", "upload")
 """The compared runs go forth and back, so a steady change of machine load weighs on both sides alike."""
 
+Measures = dict[str, tuple[str, Callable[[Path], Any]]]
+"""Step key -> (what it is, what it runs given its own fresh directory)."""
+Got = Callable[[str], list[Any]]
+"""A step's runs by key, or the BenchError that stopped it."""
+RowSpec = tuple[str, Goal, Callable[[], Row]]
+"""A row's name and goal (for a row that could not be measured) and how to build it."""
 
-def _measures(plan: Plan, work: Path) -> dict[str, tuple[str, Callable[[Path], Any]]]:
+
+@dataclass(frozen=True)
+class Section:
+    """A group of rows ``--only`` selects: its steps in order, what they run, and the rows built from them.
+
+    ``measures`` is a context manager, so that a section can hold something up for all its steps
+    (the HTTP section's fake server).
+    """
+
+    name: str
+    help: str
+    order: tuple[str, ...]
+    measures: Callable[[Plan, Path], AbstractContextManager[Measures]]
+    rows: Callable[[Plan, Got], list[RowSpec]]
+
+
+@contextmanager
+def _llama_measures(plan: Plan, work: Path) -> Iterator[Measures]:
+    yield _measures(plan, work)
+
+
+def _measures(plan: Plan, work: Path) -> Measures:
     """What each step of :data:`ORDER` runs, given its own fresh directory."""
     return {
         "prompt": ("prompt tokens/s probe", lambda d: run_child("prompt_rate", plan.job(), d).result),
@@ -180,50 +216,107 @@ def _measures(plan: Plan, work: Path) -> dict[str, tuple[str, Callable[[Path], A
     }
 
 
-def run_bench(plan: Plan, progress: Callable[[str], None] = print) -> BenchReport:
-    """Take every measurement in :data:`ORDER` and return the rows."""
+def _llama_rows(plan: Plan, got: Got) -> list[RowSpec]:
+    return [
+        ("harness overhead", Goal("<=", 1.05), lambda: _overhead(plan, got("n0"), got("plain"))),
+        ("harness vs dspy.Evaluate", Goal(">=", 1.0), lambda: _versus_evaluate(plan, got("n2"), got("evaluate"))),
+        ("warm re-run vs cold", Goal("<=", 0.05), lambda: _warm(got("cold")[0], got("warm")[0])),
+        ("-n 2 vs -n 0", Goal(">=", 1.6), lambda: _parallel(got("n0"), got("n2"))),
+        ("prompt tokens/s", Goal(">=", 0.8), lambda: _prompt_rate(got("prompt")[0])),
+        ("peak RSS -n auto vs -n 0", Goal("<=", 3.0), lambda: _memory(got("n0"), got("auto")[0])),
+        ("MLflow upload 10k vs 1k", Goal("<", 3.0), lambda: _upload(got("upload")[0])),
+    ]
+
+
+SECTIONS: dict[str, Section] = {
+    section.name: section
+    for section in (
+        Section(
+            "llama",
+            "the embedded model (llama.cpp in process): overhead, -n 2, warm re-run, prompt rate, RSS, MLflow upload",
+            ORDER,
+            _llama_measures,
+            _llama_rows,
+        ),
+        Section(
+            "http",
+            "an OpenAI-compatible server at 0.5 s a call: harness vs dspy.Evaluate(num_threads=16), peak in flight",
+            HTTP_ORDER,
+            http_measures,
+            http_rows,
+        ),
+        # More sections plug in here, one entry each: e.g. bench/merge.py's function (merge time of
+        # 2 shards) and bench/rss.py's (peak RSS with the session server) become
+        # Section("merge", help, ("merge",), <measures yielding {"merge": (what, run)}>, <rows from got("merge")>).
+    )
+}
+"""Every section, in the order ``python -m evals bench`` measures them (``--only`` picks some)."""
+
+
+def select_sections(only: str | None) -> list[Section]:
+    """The sections named in ``--only`` (comma-separated), all when None; an unknown name is a ConfigError."""
+    from evals.errors import ConfigError
+
+    if only is None:
+        return list(SECTIONS.values())
+    names = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise ConfigError(f"--only {only!r}: expected sections among {', '.join(SECTIONS)} (comma-separated)")
+    return [SECTIONS[name] for name in dict.fromkeys(names)]
+
+
+def run_bench(plan: Plan, progress: Callable[[str], None] = print, only: str | None = None) -> BenchReport:
+    """Take every step of the selected sections (all by default) and return their rows."""
+    sections = select_sections(only)
     started, machine = time.perf_counter(), machine_info()
     results: dict[str, list[Any] | BenchError] = {}
+    total, index, rows = sum(len(section.order) for section in sections), 0, []
     with tempfile.TemporaryDirectory(prefix="evals-bench-") as tmp:
-        measures = _measures(plan, Path(tmp))
-        for index, key in enumerate(ORDER, start=1):
-            what, measure = measures[key]
-            progress(f"[{index}/{len(ORDER)}] {what}")
-            done = results.setdefault(key, [])
-            if isinstance(done, BenchError):
-                continue
+        for section in sections:
+            first = index
             try:
-                done.append(measure(Path(tmp) / f"{key}-{len(done) + 1}"))
-            except Exception as exc:  # one failed measurement leaves its rows unmeasured, not the bench
-                results[key] = BenchError(str(exc))
-                progress(f"    failed: {exc}")
-    rows = [
-        _row(
-            "harness overhead", Goal("<=", 1.05), lambda: _overhead(plan, _got(results, "n0"), _got(results, "plain"))
-        ),
-        _row(
-            "harness vs dspy.Evaluate",
-            Goal(">=", 1.0),
-            lambda: _versus_evaluate(plan, _got(results, "n2"), _got(results, "evaluate")),
-        ),
-        _row(
-            "warm re-run vs cold", Goal("<=", 0.05), lambda: _warm(_got(results, "cold")[0], _got(results, "warm")[0])
-        ),
-        _row("-n 2 vs -n 0", Goal(">=", 1.6), lambda: _parallel(_got(results, "n0"), _got(results, "n2"))),
-        _row("prompt tokens/s", Goal(">=", 0.8), lambda: _prompt_rate(_got(results, "prompt")[0])),
-        _row(
-            "peak RSS -n auto vs -n 0", Goal("<=", 3.0), lambda: _memory(_got(results, "n0"), _got(results, "auto")[0])
-        ),
-        _row("MLflow upload 10k vs 1k", Goal("<", 3.0), lambda: _upload(_got(results, "upload")[0])),
-    ]
+                with section.measures(plan, Path(tmp)) as measures:
+                    for key in section.order:
+                        index += 1
+                        progress(f"[{index}/{total}] {measures[key][0]}")
+                        _take(results, key, measures[key][1], Path(tmp), progress)
+            except Exception as exc:  # the section could not start (or stop): its steps not taken are unmeasured
+                progress(f"    {section.name}: {exc}")
+                index = first + len(section.order)
+                for key in section.order:
+                    results[key] = results.get(key) or BenchError(str(exc))
+
+            def got(key: str) -> list[Any]:
+                return _got(results, key)
+
+            rows += [_row(name, goal, build) for name, goal, build in section.rows(plan, got)]
     machine["load_end"] = os.getloadavg()[0]
     options = {
+        "sections": ",".join(section.name for section in sections),
         "program": plan.program,
         "per_diagnosis": plan.per_diagnosis,
         "examples": plan.examples,
         "quick": plan.quick,
     }
     return BenchReport(machine, options, rows, time.perf_counter() - started)
+
+
+def _take(
+    results: dict[str, list[Any] | BenchError],
+    key: str,
+    measure: Callable[[Path], Any],
+    work: Path,
+    progress: Callable[[str], None],
+) -> None:
+    done = results.setdefault(key, [])
+    if isinstance(done, BenchError):
+        return
+    try:
+        done.append(measure(work / f"{key}-{len(done) + 1}"))
+    except Exception as exc:  # one failed measurement leaves its rows unmeasured, not the bench
+        results[key] = BenchError(str(exc))
+        progress(f"    failed: {exc}")
 
 
 def _got(results: dict[str, list[Any] | BenchError], key: str) -> list[Any]:
@@ -256,6 +349,7 @@ def write_report(report: BenchReport, out: Path) -> Path:
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "plain_loop": child_plain_loop,
     "dspy_evaluate": child_dspy_evaluate,
+    "http_evaluate": child_http_evaluate,
     "prompt_rate": child_prompt_rate,
     "mlflow_upload": child_mlflow_upload,
 }

@@ -98,6 +98,46 @@ def child_dspy_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     return {"examples": len(devset), "accuracy": float(result.score) / 100}
 
 
+def child_http_evaluate(job: dict[str, Any]) -> dict[str, Any]:
+    """A user's plain script: ``dspy.Evaluate(num_threads=N)`` of each program against an OpenAI-compatible server.
+
+    The LM is built as :func:`evals.lm.spec.build_lm` builds an HTTP one (temperature 0, 384 tokens,
+    no retries, no cache); the examples are the harness's, in its order.
+    """
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")  # no network fetch of LiteLLM's cost map
+    import dspy
+
+    from evals.scoring import diagnosis_match
+    from programs.registry import PROGRAMS
+
+    dataset, examples = _job_examples(job)
+    lm = dspy.LM(
+        job["model"],
+        api_base=job["api_base"],
+        api_key="local-server",
+        temperature=0.0,
+        max_tokens=384,
+        timeout=120,
+        num_retries=0,
+        cache=False,
+    )
+    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+    trainset = [
+        dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms") for e in dataset.split("train")
+    ]
+    devset = [dspy.Example(symptoms=e.symptoms, diagnosis=e.diagnosis).with_inputs("symptoms") for e in examples]
+    correct = {}
+    for name in job["programs"]:
+        evaluate = dspy.Evaluate(
+            devset=devset, metric=diagnosis_match, num_threads=job["concurrency"], display_progress=False
+        )
+        result = evaluate(PROGRAMS[name].build(trainset))
+        correct[name] = sum(bool(score) for _, _, score in result.results)
+    return {"records": len(devset) * len(job["programs"]), "correct": sum(correct.values()), "by_program": correct}
+
+
 def child_prompt_rate(job: dict[str, Any]) -> dict[str, Any]:
     """Prompt tokens/s: the engine's ``create_chat_completion`` against ``tokenize`` + ``eval`` of the same tokens."""
     import dspy

@@ -221,8 +221,6 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
 
     ``cache_dir`` shares the LM response and compile caches of an earlier run (a warm re-run).
     """
-    import csv
-
     work.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -255,11 +253,9 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
     command += ["--evals-data-dir", plan.data_dir] if plan.data_dir else []
     command += [] if cache else ["--evals-no-cache"]
     run = run_process(command, work / f"pytest-n{workers}.log")
-    found = sorted((work / "reports").glob("*/artifacts/predictions.csv"))
-    if run.returncode not in (0, 1) or len(found) != 1:  # 1: a gate failed, which is not the point here
+    if run.returncode not in (0, 1):  # 1: a gate failed, which is not the point here
         raise failure(f"pytest -n {workers}", run)
-    with found[0].open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_predictions(work / "reports", f"pytest -n {workers}", run)
     if len(rows) != plan.examples:
         raise BenchError(f"pytest -n {workers} recorded {len(rows)} examples, expected {plan.examples} ({run.log})")
     return HarnessRun(
@@ -269,6 +265,17 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
         sum(r["cached"] == "True" for r in rows),
         sum(float(r["latency_ms"]) for r in rows) / 1000,
     )
+
+
+def read_predictions(reports: Path, what: str, run: ProcessRun) -> list[dict[str, str]]:
+    """The rows of the one session's ``predictions.csv`` under ``reports`` (a BenchError if not exactly one)."""
+    import csv
+
+    found = sorted(reports.glob("*/artifacts/predictions.csv"))
+    if len(found) != 1:
+        raise failure(f"{what} wrote {len(found)} predictions.csv files, not 1;", run)
+    with found[0].open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,29 @@
-"""The bench's pure helpers: goals, rendering, the /proc memory sampler, the synthetic upload (no LM)."""
+"""The bench's pure helpers: goals, rendering, the /proc memory sampler, the synthetic upload, the HTTP rows (no LM)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import ORDER, PAIRED, _overhead, _parallel, _row, write_report
+from bench import ORDER, PAIRED, SECTIONS, Section, _overhead, _parallel, _row, run_bench, select_sections, write_report
 from bench.children import build_synthetic_bundle, synthetic_records
 from bench.common import QUICK_DIAGNOSES, BenchError
+from bench.http_lm import (
+    HttpPlan,
+    HttpRun,
+    ServerStats,
+    fake_server,
+    lm_bound_s,
+    peak_row,
+    versus_evaluate_row,
+)
 from bench.processes import (
     ChildRun,
     HarnessRun,
@@ -22,6 +35,7 @@ from bench.processes import (
     run_process,
 )
 from bench.results import BenchReport, Goal, Row, format_value, ratio, render_markdown, render_table
+from evals.errors import ConfigError
 
 HOLD_50MB = "import time; x=bytearray(50_000_000); time.sleep(1)"
 MACHINE = {"nproc": 2, "cpu": "Test CPU", "ram_gib": 8.0, "load_start": 0.5, "load_end": 0.7}
@@ -208,3 +222,124 @@ def test_synthetic_bundle_uploads_as_one_parent_run_with_artifacts(tmp_path: Pat
     assert {"predictions.csv", "predictions.parquet", "report.html", "confusion_zero_shot.png"} <= artifacts
     child = next(run for run in runs if run.data.tags.get("mlflow.runName") == "zero_shot")
     assert "predictions.csv" in {artifact.path for artifact in client.list_artifacts(child.info.run_id)}
+
+
+# ----- the HTTP-LM section -----
+
+
+def http_run(wall_s: float, *, records: int = 636, correct: int = 45, peak: int = 16, **statuses: int) -> HttpRun:
+    server = ServerStats(records, peak, {"200": records, **{k.removeprefix("s"): v for k, v in statuses.items()}})
+    return HttpRun(process(wall_s), records, correct, server)
+
+
+def test_http_plan_runs_the_harness_as_a_user_would_and_a_one_call_session() -> None:
+    plan = HttpPlan.from_plan(Plan("zero_shot", 2, "/data", quick=False))
+    command = plan.harness_command(Path("/w"), "http://127.0.0.1:9/v1")
+    text = " ".join(command)
+    assert command[command.index("pytest") + 1] == "suites"
+    for expected in (
+        "--evals-lm openai/fake",
+        "--evals-lm-api-base http://127.0.0.1:9/v1",
+        "--evals-concurrency 16",
+        "--evals-per-diagnosis all",
+        "--evals-programs zero_shot,chain_of_thought,knn_few_shot",
+        "--evals-no-cache",
+        "--evals-data-dir /data",
+    ):
+        assert expected in text
+    tiny = " ".join(plan.harness_command(Path("/w"), "http://127.0.0.1:9/v1", tiny=True))
+    assert "suites -k test_diagnosis and allergy" in tiny
+    assert "--evals-per-diagnosis 1" in tiny and "--evals-programs zero_shot " in tiny
+    quick = HttpPlan.from_plan(Plan("zero_shot", 2, None, quick=True))
+    assert len(quick.targets()) == 3 * 8 and "--evals-data-dir" not in quick.harness_command(Path("/w"), "u")
+    assert quick.job("u")["per_diagnosis"] is None and quick.job("u")["concurrency"] == 16
+
+
+def test_lm_bound_is_whole_rounds_of_calls() -> None:
+    assert lm_bound_s(636, 0.5, 16) == 20.0  # 40 rounds: the last one has 12 calls
+    assert lm_bound_s(16, 0.5, 16) == 0.5
+    assert lm_bound_s(0, 0.5, 16) == 0.0
+
+
+def test_http_row_compares_walls_and_states_the_fixed_cost() -> None:
+    plan = HttpPlan.from_plan(Plan("zero_shot", 2, None, quick=False))
+    tiny = http_run(10.5, records=1, correct=0)
+    row = versus_evaluate_row(plan, tiny, [http_run(30.0), http_run(34.0)], [http_run(28.0), http_run(30.0)])
+    assert row.ratio == pytest.approx(29.0 / 32.0) and row.met is False
+    assert row.values["lm_bound_s"] == 20.0
+    assert row.values["harness_excess_s"] == pytest.approx(12.0)
+    assert row.values["evaluate_excess_s"] == pytest.approx(9.0)
+    assert row.values["harness_fixed_cost_s"] == pytest.approx(10.0)  # the one call's 0.5 s taken off
+    assert row.values["harness_accuracy"] == pytest.approx(45 / 636)
+    assert "3 programs × 212 examples" in row.note and "not answered" not in row.note
+    faster = versus_evaluate_row(plan, tiny, [http_run(25.0)], [http_run(27.5)])
+    assert faster.ratio == pytest.approx(1.1) and faster.met is True
+
+
+def test_http_row_notes_failed_calls_and_unequal_work() -> None:
+    plan = HttpPlan.from_plan(Plan("zero_shot", 2, None, quick=False))
+    row = versus_evaluate_row(
+        plan, http_run(9.0, records=1), [http_run(30.0, s429=3)], [http_run(28.0, records=630, correct=40)]
+    )
+    assert "harness: 3 calls not answered 200" in row.note
+    assert "did not evaluate the same number of examples" in row.note
+
+
+def test_peak_row_fails_above_the_cap() -> None:
+    plan = HttpPlan.from_plan(Plan("zero_shot", 2, None, quick=False))
+    evaluate = [http_run(28.0, peak=16)]
+    within = peak_row(plan, [http_run(30.0, peak=16), http_run(31.0, peak=12)], evaluate)
+    assert (within.ratio, within.met, within.values["harness_peak_in_flight"]) == (1.0, True, 16.0)
+    over = peak_row(plan, [http_run(30.0, peak=12), http_run(31.0, peak=17)], evaluate)
+    assert over.ratio == pytest.approx(17 / 16) and over.met is False
+
+
+def test_only_selects_sections_by_name() -> None:
+    assert [s.name for s in select_sections(None)] == list(SECTIONS)
+    assert [s.name for s in select_sections("http")] == ["http"]
+    assert [s.name for s in select_sections("http, llama,http")] == ["http", "llama"]
+    for bad in ("nope", "http,nope", " , "):
+        with pytest.raises(ConfigError, match="expected sections among llama, http"):
+            select_sections(bad)
+
+
+def test_a_section_that_cannot_start_leaves_its_rows_unmeasured(monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextmanager
+    def measures(plan: Plan, work: Path) -> Iterator[dict[str, Any]]:
+        yield {"a": ("step a", lambda d: 2.0)}
+        raise BenchError("server went away")  # after its one step: the step's result stays
+
+    @contextmanager
+    def broken(plan: Plan, work: Path) -> Iterator[dict[str, Any]]:
+        raise BenchError("fake server did not start")
+        yield {}
+
+    def rows(plan: Plan, got: Any) -> list[Any]:
+        return [("double", Goal(">=", 1.0), lambda: Row("double", {}, got("a")[0] / 2, Goal(">=", 1.0)))]
+
+    def broken_rows(plan: Plan, got: Any) -> list[Any]:
+        return [("b row", Goal("<=", 1.0), lambda: Row("b row", {}, got("b")[0], Goal("<=", 1.0)))]
+
+    monkeypatch.setitem(SECTIONS, "one", Section("one", "", ("a",), measures, rows))
+    monkeypatch.setitem(SECTIONS, "two", Section("two", "", ("b",), broken, broken_rows))
+    lines: list[str] = []
+    report = run_bench(Plan("zero_shot", 1, None, quick=True), progress=lines.append, only="two,one")
+    assert [(row.name, row.ratio) for row in report.rows] == [("b row", None), ("double", 1.0)]
+    assert report.rows[0].note == "not measured: fake server did not start"
+    assert report.options["sections"] == "two,one"
+    assert "[1/2] step a" not in lines and "[2/2] step a" in lines
+
+
+def test_fake_server_process_counts_calls_and_resets_between_runs() -> None:
+    import urllib.request
+
+    with fake_server(0.05) as server:
+        body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "malaria"}]}).encode()
+        request = urllib.request.Request(
+            f"{server.base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        for _ in range(2):
+            urllib.request.urlopen(request, timeout=10).read()
+        assert server.stats() == ServerStats(2, 1, {"200": 2})
+        server.reset()
+        assert server.stats() == ServerStats(0, 0, {})

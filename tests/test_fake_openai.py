@@ -92,6 +92,26 @@ def test_chain_of_thought_gets_every_field_of_the_response_schema(fake_openai: F
     assert (chat.diagnosis, fake_openai.stats.total) == ("chicken pox", 2)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_chain_of_thought_and_demos_without_a_schema_answer_in_one_call(fake_openai: FakeOpenAI, engine: str) -> None:
+    """The bench's shapes: ``openai/fake`` (no json_schema) with JSONAdapter, ChainOfThought and kNN-style demos."""
+    lm = make_lm(fake_openai, engine)
+    prediction = diagnose(lm, "Blurry vision, thirst; is it diabetes?", program=dspy.ChainOfThought)
+    assert fake_openai.last_request is not None
+    assert (fake_openai.last_request.get("response_format") or {}).get("type") != "json_schema"
+    assert (prediction.diagnosis, prediction.reasoning) == ("diabetes", "The symptoms name diabetes.")
+    # The reasoning field comes first, as the prompt lists the output fields.
+    answer = answer_content(fake_openai.last_request, "diabetes")
+    assert list(json.loads(answer)) == ["reasoning", "diagnosis"]
+    # Demos (knn_few_shot's) are earlier user/assistant turns: the answer reads the last user message only.
+    demos = [dspy.Example(symptoms="my skin shows psoriasis", diagnosis="psoriasis")]
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        predict = dspy.Predict(Diagnose)
+        predict.demos = demos
+        assert predict(symptoms="yellow eyes, jaundice").diagnosis == "jaundice"
+    assert fake_openai.stats.statuses == {200: 2}  # one call each: no adapter fallback, no retry
+
+
 def test_answer_follows_the_schema_then_the_prompt() -> None:
     schema = {
         "properties": {
