@@ -161,6 +161,12 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="Measure on 8 of the 22 diagnoses")
     parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help="Comma-separated sections to measure: llama (the embedded model), http (an OpenAI-compatible "
+        "server); default: all",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path(".evals/bench.json"),
@@ -188,7 +194,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("EVALS_DATA_DIR")
     plan = Plan(args.program, args.per_diagnosis, str(Path(data_dir).resolve()) if data_dir else None, args.quick)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    report = run_bench(plan, progress=lambda line: console.print(line, style="dim"))
+    report = run_bench(plan, progress=lambda line: console.print(line, style="dim"), only=args.only)
     console.print(render_table(report))
     markdown = write_report(report, args.out)
     console.print(f"runtime {report.runtime_s:.0f} s; wrote {args.out} and {markdown}")
