@@ -343,3 +343,11 @@ def test_fake_server_process_counts_calls_and_resets_between_runs() -> None:
         assert server.stats() == ServerStats(2, 1, {"200": 2})
         server.reset()
         assert server.stats() == ServerStats(0, 0, {})
+
+
+def test_cli_only_names_the_sections_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from evals.__main__ import main
+
+    assert main(["bench", "--only", "gpu", "--out", str(tmp_path / "b.json")]) == 2
+    assert capsys.readouterr().err == "error: --only 'gpu': expected sections among llama, http (comma-separated)\n"
+    assert not (tmp_path / "b.json").exists()
