@@ -17,6 +17,7 @@ In a mapping (params, tags) a key that itself looks secret has its value masked 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -85,6 +86,7 @@ their values are still checked like any other."""
 _WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)  # scrub_text asks it for every environment name, for every text it cleans
 def looks_secret(name: str) -> bool:
     """Return whether a variable, param or tag *name* suggests its value is a secret.
 
