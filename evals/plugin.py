@@ -20,6 +20,7 @@ from evals.labels import DIAGNOSES, slug
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY
 
 if TYPE_CHECKING:
+    from evals.config.shard import Shard
     from evals.harness.resources import DiagnosisOutcome, Harness
 
 HARNESS_KEY = pytest.StashKey["Harness"]()
@@ -82,10 +83,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("evals_program", programs)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "evals_program" in getattr(item, "fixturenames", ()):
             item.add_marker("evals")
+    shard = config.stash[HARNESS_KEY].settings["shard"]
+    if shard is not None:  # --evals-shard K/N: keep this shard's eval tests (the rule in evals.config.shard)
+        dropped = [item for item in items if not in_shard(item, shard)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if in_shard(item, shard)]
+
+
+def in_shard(item: pytest.Item, shard: Shard) -> bool:
+    """True for a test of ``shard``, and for every test that is no eval test (each shard runs those)."""
+    if "evals_program" not in getattr(item, "fixturenames", ()):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return shard.holds(params.get("evals_program"), params.get("diagnosis"), item.nodeid)
 
 
 @pytest.fixture(scope="session")

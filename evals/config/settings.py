@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals.config.shard import parse_shard
 from evals.data import parse_per_diagnosis
 from evals.errors import ConfigError
 
@@ -163,6 +164,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("no-regression", "false", "Skip the paired regression gate against the champion", _bool, flag=True),
     Option("promote", "false", "Promote this session's programs to champion if every gate passed", _bool, flag=True),
     Option("drift", "false", "Nightly drift mode: compare with the recent history of the champion", _bool, flag=True),
+    Option(
+        "shard",
+        None,
+        "Run shard K of N of the selected eval tests (1-based, e.g. 2/4): the bundle is written, nothing is "
+        "logged; python -m evals merge makes one session of the N bundles",
+        parse_shard,
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
