@@ -201,6 +201,61 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 1 if any(row.ratio is None for row in report.rows) else 0
 
 
+def _configure_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "bundles",
+        nargs="+",
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help="Bundle directories of the shards (--evals-shard K/N), or directories that hold them",
+    )
+    parser.add_argument(
+        "--tracking-uri", help="Log the merged session here (default: $EVALS_TRACKING_URI, else the shards' URI)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".evals/reports"),
+        help="Directory of the merged session's bundle, one subdirectory per session (default: %(default)s)",
+    )
+    parser.add_argument("--no-mlflow", action="store_true", help="Write the merged bundle only, log nothing")
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from evals.merge import merge
+    from evals.results.report import ReportContext, render_terminal
+
+    uri = args.tracking_uri or os.environ.get("EVALS_TRACKING_URI")
+    merged = merge(args.bundles, tracking_uri=uri, out=args.out, no_mlflow=args.no_mlflow)
+    summary, end = merged.summary, merged.end
+    html = end.bundle_dir / "artifacts" / "report.html" if end.bundle_dir else None
+    report = ReportContext(
+        title="symptom-diagnosis evals (merged)",
+        params=dict(summary.params),
+        metrics=summary.metrics,
+        checks=summary.checks,
+        records=summary.records,
+        confusion_pngs={},
+        mlflow_hint=end.mlflow_hint,
+        html_path=str(html) if html else None,
+        gains=summary.gains,
+        reference=summary.reference,
+    )
+    render_terminal(report, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
+    lines = [f"incomplete: {reason}" for reason in summary.incomplete]
+    lines += [f"registered {name} version {version} as 'candidate'" for name, version in end.registered.items()]
+    lines += [*end.promotions, *(f"WARNING: {note}" for note in [*summary.notes, *end.notes])]
+    lines += [f"ERROR: {line}" for line in summary.error_lines]
+    for line in lines:
+        print(line)
+    verdict = "pass" if summary.passed else "fail"
+    run = f"; MLflow run {end.run_id}" if end.run_id else ""
+    print(f"merged session {merged.context.session_id}: {verdict}{run}; bundle {end.bundle_dir}")
+    return 0 if summary.passed else 1
+
+
 COMMANDS: dict[str, Command] = {
     "sync": Command("Upload spooled session bundles to MLflow", _configure_sync, _run_sync),
     "report": Command("Show recent sessions and compare the last two", _configure_report, _run_report),
@@ -208,6 +263,7 @@ COMMANDS: dict[str, Command] = {
         "Make a session's programs the champions, if every gate passed", _configure_promote, _run_promote
     ),
     "rollback": Command("Restore the previous champion of a program", _configure_rollback, _run_rollback),
+    "merge": Command("Make one session of --evals-shard K/N bundles and log it", _configure_merge, _run_merge),
     "bench": Command("Measure the harness against baselines and print the ratios", _configure_bench, _run_bench),
 }
 

@@ -27,6 +27,7 @@ from evals.harness.params import program_params, program_state, session_params
 from evals.harness.resources import Harness
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
 from evals.results.finish import SessionEnd, finish
+from evals.results.shard import shard_of, shard_summary
 from evals.results.summary import SessionSummary, summarize
 from evals.signals import SigtermTrap
 from evals.store.view import read_store
@@ -192,6 +193,9 @@ class Controller:
         """Build the session context, read the store once, and gate."""
         self.context = self.build_context()
         self.summary = summarize(self.context, read_store(self.context))
+        shard = shard_of(self.context.settings)
+        if shard is not None:  # gates of a part of the session are notes: the merge of the shards gates
+            self.summary = shard_summary(self.summary, shard)
 
     def build_context(self) -> SessionContext:
         """Freeze what was gathered and what this process loaded into a :class:`SessionContext`."""

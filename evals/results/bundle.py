@@ -29,6 +29,7 @@ from evals.results.report import (
     render_markdown,
 )
 from evals.results.sections import comparison_markdown, sections
+from evals.results.shard import shard_of, write_shard_json
 from evals.results.summary import SessionSummary
 from evals.stats.metrics import ProgramMetrics, flat_metrics
 from evals.stats.reference import GAIN_METRIC
@@ -40,6 +41,7 @@ from evals.store.schema import (
     PROGRAMS_TAG,
     REGRESSION_REASON_TAG,
     REGRESSION_TAG,
+    SHARD_TAG,
     TRIGGER_TAG,
     VERDICT_TAG,
     session_json,
@@ -87,6 +89,8 @@ def write_bundle(
     for name, m in summary.metrics.items():
         _write_program_dir(context, bundle / "programs" / name, name, m, summary, redact, pngs[name])
     write_native_parts(bundle, context, summary, redact)  # traces, models and run inputs for MLflow
+    if shard_of(context.settings) is not None:
+        write_shard_json(bundle, context, summary, redact)  # what python -m evals merge reads
     write_session_json(bundle, _session_json(context, summary))
 
 
@@ -192,6 +196,7 @@ def _session_json(context: SessionContext, summary: SessionSummary) -> dict[str,
             COMPLETE_TAG: str(not summary.incomplete).lower(),
             PROGRAMS_TAG: ",".join(summary.metrics),
             BRANCH_TAG: summary.params.get("git.branch", ""),
+            **({SHARD_TAG: str(shard_of(settings))} if shard_of(settings) else {}),
             # The regression gate's own result: `unavailable` keeps a session from promotion even
             # when `regression.on_unavailable: warn` left evals.verdict at pass.
             **(

@@ -87,6 +87,12 @@ def finish(context: SessionContext, summary: SessionSummary) -> SessionEnd:
     end.bundle_dir = bundle
     if settings["no-mlflow"]:
         return end
+    if settings.values.get("shard"):  # a part of a session: python -m evals merge logs the whole
+        end.notes.append(
+            f"shard {settings['shard']}: not logged to MLflow; make one session of every shard's bundle with: "
+            "python -m evals merge BUNDLE_DIR..."
+        )
+        return end
     if context.interrupted:
         # Ctrl-C: keep what was gathered without waiting on MLflow; `python -m evals sync` uploads it.
         spooled = _spool(context, bundle, redactor, "session interrupted")

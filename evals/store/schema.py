@@ -44,6 +44,12 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 BUNDLE_FORMAT = 1
 SESSION_FILE = "session.json"
+SHARD_FILE = "shard.json"
+"""In the bundle of a session run with ``--evals-shard K/N``: its part, for ``python -m evals merge``."""
+SHARD_TAG = "evals.shard"
+"""Session tag of a shard's bundle (``K/N``): its verdict covers a part of the tests, not a session."""
+SHARDS_PARAM = "shard.count"
+"""Session param of a session merged from shards: how many."""
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SESSION_ID_PATTERN = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
 

@@ -55,14 +55,17 @@ TREND_SESSIONS = 20
 def regression_skipped(context: SessionContext) -> str:
     """The flag that turned the regression gate off, or ``""`` when it runs."""
     settings = context.settings
+    if settings.values.get("shard"):  # a shard's records are a part: the merge of the shards compares
+        return "--evals-shard"
     return (
         "--evals-no-regression" if settings["no-regression"] else "--evals-no-mlflow" if settings["no-mlflow"] else ""
     )
 
 
 def drift_enabled(context: SessionContext) -> bool:
-    """True in drift mode with MLflow on."""
-    return bool(context.settings["drift"]) and not context.settings["no-mlflow"]
+    """True in drift mode with MLflow on (and not in a shard: the merge of the shards checks drift)."""
+    settings = context.settings
+    return bool(settings["drift"]) and not settings["no-mlflow"] and not settings.values.get("shard")
 
 
 def read_store(context: SessionContext) -> StoreView:
@@ -77,7 +80,7 @@ def read_store(context: SessionContext) -> StoreView:
 def read_recent(context: SessionContext) -> tuple[Session, ...]:
     """The experiment's last :data:`TREND_SESSIONS` complete sessions (newest first), or none."""
     settings = context.settings
-    if settings["no-mlflow"]:
+    if settings["no-mlflow"] or settings.values.get("shard"):
         return ()
     try:
         return tuple(recent_sessions(settings["tracking-uri"], settings["experiment"], TREND_SESSIONS))
