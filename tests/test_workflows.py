@@ -123,3 +123,38 @@ def test_workflow_linters_report_nothing(linter: str) -> None:
     command = [binary, *LINTERS[linter]()[1:]]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"{linter} found problems:\n{result.stdout}{result.stderr}"
+
+
+# --- the sharded eval session: a matrix of shards, then one merge ----------------------------------
+
+
+def test_evals_runs_every_shard_of_k_over_n_then_merges_their_bundles() -> None:
+    jobs = load(REPO / ".github" / "workflows" / "evals.yml")["jobs"]
+    shard, merge = jobs["shard"], jobs["merge"]
+    (run,) = [step for step in shard["steps"] if "--evals-shard" in step.get("run", "")]
+    words = shlex.split(run["run"])
+    assert words[:2] == ["pytest", "suites"] and "-n" in words
+    index, count = words[words.index("--evals-shard") + 1].split("/")
+    assert index == "$SHARD" and run["env"]["SHARD"] == "${{ matrix.shard }}"
+    assert shard["strategy"]["matrix"]["shard"] == list(range(1, int(count) + 1)), "the matrix must be 1..N of K/N"
+    assert shard["strategy"]["fail-fast"] is False, "a failed shard must not cancel the others' bundles"
+    report_dir = words[words.index("--evals-report-dir") + 1]
+    (upload,) = [step for step in shard["steps"] if step.get("uses", "").startswith("actions/upload-artifact@")]
+    assert upload["if"] == "always()" and upload["with"]["path"].rstrip("/") == report_dir
+    assert upload["with"]["name"] == "eval-shard-${{ matrix.shard }}"
+
+    assert merge["needs"] == "shard" and merge["if"] == "${{ !cancelled() }}"
+    (download,) = [step for step in merge["steps"] if step.get("uses", "").startswith("actions/download-artifact@")]
+    assert download["with"]["pattern"] == "eval-shard-*"
+    (merging,) = [step for step in merge["steps"] if "evals merge" in step.get("run", "")]
+    assert shlex.split(merging["run"])[4] == download["with"]["path"], "the merge must read what was downloaded"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_python_m_evals_commands_parse(path: Path) -> None:
+    from evals.__main__ import build_parser
+
+    for step in steps(load(path)):
+        words = shlex.split(step.get("run", ""))
+        if words[:3] == ["python", "-m", "evals"]:
+            build_parser().parse_args(words[3:])  # an unknown command or flag exits 2 here
