@@ -130,8 +130,11 @@ class Harness:
         from evals.lm.spec import build_lm, worker_threads
 
         workers = int(self.worker_input.get("workercount", 1)) if self.worker_input else 1
-        # One response cache for all workers and sessions (diskcache is safe across processes).
-        dspy.configure_cache(disk_cache_dir=str(self.settings.path("cache-dir") / "lm"))
+        # One response cache for all workers and sessions (diskcache is safe across processes); none on disk
+        # with --evals-no-cache (a fresh one is 16 sqlite shards, ~0.7 s of the session's start, for nothing).
+        dspy.configure_cache(
+            enable_disk_cache=not self.settings["no-cache"], disk_cache_dir=str(self.settings.path("cache-dir") / "lm")
+        )
         spec = self.lm_spec()
         try:
             lm = build_lm(
