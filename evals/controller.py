@@ -58,6 +58,7 @@ class Controller:
         self.server: Any = None
         self.slots_dir: Path | None = None  # the session's call slots and workers' progress (xdist)
         self.display: Any = None
+        self.compile_watcher: Any = None  # the workers' compiles, printed from their progress files (xdist)
 
     # ----- xdist plumbing -----
 
@@ -69,6 +70,9 @@ class Controller:
             import tempfile
 
             self.slots_dir = Path(tempfile.mkdtemp(prefix="evals-slots-"))
+            from evals.harness.compile_sinks import watch_compiles
+
+            self.compile_watcher = watch_compiles(self.config, self.slots_dir)
         node.workerinput["evals_slots_dir"] = str(self.slots_dir)
 
     @pytest.hookimpl(optionalhook=True)
@@ -83,12 +87,14 @@ class Controller:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        from evals.harness.compile_sinks import terminal_sink
         from evals.harness.progress import terminal_display
         from evals.signals import trap_sigterm
 
         # A CI runner cancels with SIGTERM: stop like Ctrl-C, so what was gathered is spooled.
         self.sigterm = trap_sigterm()
         self.display = terminal_display(self.config)
+        self.harness.compile_sink = terminal_sink(self.config)  # a compile of this process (no xdist)
         self.harness.on_tick = self.show_progress
         if self.harness.settings["lm-server"]:
             self.start_lm_server()
@@ -159,6 +165,8 @@ class Controller:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.harness.stop_evaluations()
+        if self.compile_watcher is not None:
+            self.compile_watcher.stop()  # a last look: the summary line of a compile that just ended
         if self.display is not None:
             self.display.clear()
         if not (self.gathered.records or self.gathered.stability):

@@ -132,3 +132,18 @@ def test_terminal_display_starts_its_periodic_lines_on_a_fresh_line() -> None:
     display.update(reading)
     assert len(reporter.out) == 3 and reporter.out[2].startswith("evals: ")
     assert terminal_display(FakeConfig(None)) is None
+
+
+def test_terminal_writers_end_pytests_line_only_when_it_has_text() -> None:
+    from evals.harness.progress import terminal_writers
+
+    reporter = FakeReporter(width=4, tty=True)
+    writers = terminal_writers(FakeConfig(reporter))
+    assert writers is not None and writers.tty and writers.columns() > 0
+    writers.fresh_line()
+    assert reporter.out == ["\n"]
+    reporter._tw.width_of_current_line = 0
+    writers.fresh_line()
+    writers.line("evals: compiled x")
+    assert reporter.out == ["\n", "evals: compiled x\n"]
+    assert terminal_writers(FakeConfig(None)) is None

@@ -2,33 +2,56 @@
 
 :func:`make_optimizer` turns a configuration into a dspy optimizer (or one the program registry
 adds in its ``OPTIMIZERS``) and :func:`compile_program` runs
-``optimizer.compile(student, trainset=..., valset=...)``.
+``optimizer.compile(student, trainset=..., valset=...)``, showing its progress on a sink when
+given one (:mod:`evals.harness.compile_progress`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evals.config.optimizers import USES_METRIC, OptimizerConfig, optimizer_class
 from evals.errors import ConfigError
+
+if TYPE_CHECKING:
+    from evals.harness.compile_progress import CompileSink, Tracker
 
 REFLECTION_MAX_TOKENS = 1024
 """Room for the instruction GEPA's reflection LM writes (a reflection_lm spec of its own)."""
 
 
-def make_optimizer(config: OptimizerConfig, metric: Any, extra: Mapping[str, Any] | None = None) -> Any:
+def make_optimizer(
+    config: OptimizerConfig, metric: Any, extra: Mapping[str, Any] | None = None, tracker: Tracker | None = None
+) -> Any:
     """Instantiate the dspy optimizer of a configuration.
 
     GEPA gets the metric wrapped as a feedback metric and its reflection LM built here: the
     ``reflection_lm`` spec of its params, or the session's LM (dspy's configured one) without it.
+    With a ``tracker``, the metric tells it of each call, and GEPA of its budget and scores.
     """
     params = dict(config.params)
+    if tracker is not None:
+        from evals.harness.compile_progress import counting_metric
+
+        metric = counting_metric(metric, tracker)
     if config.cls == "GEPA":
         metric = feedback_metric(metric)
         params["reflection_lm"] = reflection_lm(params.get("reflection_lm"))
+        if tracker is not None:
+            params["gepa_kwargs"] = gepa_kwargs_with_progress(params.get("gepa_kwargs"), tracker)
     kwargs = {"metric": metric} if config.cls in USES_METRIC else {}
     return optimizer_class(config.cls, extra)(**kwargs, **params)
+
+
+def gepa_kwargs_with_progress(given: Mapping[str, Any] | None, tracker: Tracker) -> dict[str, Any]:
+    """GEPA's ``gepa_kwargs`` plus a callback that reports its budget and scores (when gepa takes callbacks)."""
+    from evals.harness.compile_progress import GepaProgress, gepa_callbacks_supported
+
+    kwargs = dict(given or {})
+    if gepa_callbacks_supported():
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), GepaProgress(tracker)]
+    return kwargs
 
 
 def reflection_lm(spec: str | None) -> Any:
@@ -78,13 +101,29 @@ def compile_program(
     valset: Sequence[Any],
     metric: Any,
     extra: Mapping[str, Any] | None = None,
+    *,
+    progress: CompileSink | None = None,
+    name: str | None = None,
 ) -> Any:
-    """Run the optimizer and return the compiled program (a new module)."""
-    optimizer = make_optimizer(config, metric, extra)
+    """Run the optimizer and return the compiled program (a new module).
+
+    Args:
+        progress: Where the compile's progress goes while it runs, and its summary at the end
+            (None: nowhere, and the optimizer runs untouched).
+        name: The compiled program's name in progress lines (default: the configuration's name).
+    """
+    from evals.harness.compile_progress import Tracker, dspy_hooks, plan, watching
+
+    tracker = Tracker() if progress is not None else None
+    optimizer = make_optimizer(config, metric, extra, tracker)
     kwargs: dict[str, Any] = {"trainset": list(trainset), **config.compile_args}
     if config.uses_valset:
         kwargs["valset"] = list(valset)
-    return optimizer.compile(student, **kwargs)
+    if tracker is None:
+        return optimizer.compile(student, **kwargs)
+    tracker.planned(*plan(config, optimizer, student, trainset, valset))
+    with watching(progress, tracker, name or config.name, config.cls), dspy_hooks(tracker):
+        return optimizer.compile(student, **kwargs)
 
 
 def empty_shape(

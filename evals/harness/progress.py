@@ -3,24 +3,31 @@
 On a terminal under plain pytest the count sits after pytest's own progress on the current
 line and is rewritten in place (saved and restored cursor, so pytest's dots go on where they
 were); elsewhere (a log, CI, the xdist controller) one plain line is written every
-``every_s`` seconds, the first only once a session has run that long, so short sessions (and
-the harness's own pytester runs) print nothing.
+``every_s`` seconds (``EVALS_PROGRESS_INTERVAL``, 30 by default), the first only once a session
+has run that long, so short sessions (and the harness's own pytester runs) print nothing.
+:class:`TerminalWriters` are the ways to write there; :mod:`evals.harness.compile_progress` uses
+them too.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from evals.errors import ConfigError
+
 SAVE, RESTORE, CLEAR_TO_END = "\x1b7", "\x1b8", "\x1b[K"
 EVERY_S = 30.0
-"""Seconds between two plain progress lines (and before the first)."""
+"""Seconds between two plain progress lines (and before the first), unless ``EVALS_PROGRESS_INTERVAL`` says."""
+INTERVAL_ENV = "EVALS_PROGRESS_INTERVAL"
 TTY_EVERY_S = 0.5
 """Seconds between two in-place updates on a terminal."""
 
@@ -127,12 +134,32 @@ class Display:
             self._shown = False
 
 
-def terminal_display(config: Any) -> Display | None:
-    """A :class:`Display` on pytest's terminal (``None`` without a terminal reporter, e.g. ``-p no:terminal``).
+@dataclass(frozen=True)
+class TerminalWriters:
+    """Ways to write on pytest's terminal from any thread, with output capture suspended for the write.
 
-    It writes with pytest's output capture suspended (a test may be running). In place on a
-    terminal, the text goes straight to the terminal's file, so that pytest's own record of
-    the current line's width, and with it the ``[ 45%]`` column, stays right.
+    Attributes:
+        raw: Writes text straight to the terminal's file (pytest's record of the current line stays as it was).
+        line: Writes one line as pytest does, on a fresh line (after pytest -q's dots).
+        fresh_line: Ends pytest's current line if it has text (so that raw text starts at column 0).
+        room: Columns left on pytest's current line (None: unknown).
+        columns: The terminal's width.
+        tty: Whether the terminal is one (cursor movement works).
+    """
+
+    raw: Callable[[str], None]
+    line: Callable[[str], None]
+    fresh_line: Callable[[], None]
+    room: Callable[[], int | None]
+    columns: Callable[[], int]
+    tty: bool
+
+
+def terminal_writers(config: Any) -> TerminalWriters | None:
+    """:class:`TerminalWriters` on pytest's terminal (``None`` without a terminal reporter, e.g. ``-p no:terminal``).
+
+    Raw text goes straight to the terminal's file, so that pytest's own record of the current
+    line's width, and with it the ``[ 45%]`` column, stays right.
     """
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
@@ -152,13 +179,48 @@ def terminal_display(config: Any) -> Display | None:
             sys.__stdout__.write(text)
             sys.__stdout__.flush()
 
+    def columns() -> int:
+        return shutil.get_terminal_size().columns
+
     def room() -> int | None:
         width = getattr(writer, "width_of_current_line", None)
-        return None if width is None else shutil.get_terminal_size().columns - int(width)
+        return None if width is None else columns() - int(width)
 
-    def line(text: str) -> None:
+    def fresh(_: str = "") -> None:
         if getattr(writer, "width_of_current_line", 0):  # after pytest's dots (-q has no file name to end the line)
             reporter.write("\n")
+
+    def line(text: str) -> None:
+        fresh()
         reporter.write_line(text)
 
-    return Display(uncaptured(raw), uncaptured(line), room=room, tty=bool(reporter.isatty()))
+    fresh_line = uncaptured(fresh)
+    return TerminalWriters(
+        uncaptured(raw), uncaptured(line), lambda: fresh_line(""), room, columns, bool(reporter.isatty())
+    )
+
+
+def terminal_display(config: Any) -> Display | None:
+    """A :class:`Display` on pytest's terminal (``None`` without a terminal reporter, e.g. ``-p no:terminal``).
+
+    It writes with pytest's output capture suspended (a test may be running), in place after
+    pytest's own progress on a terminal, else a line every ``EVALS_PROGRESS_INTERVAL`` seconds.
+    """
+    writers = terminal_writers(config)
+    if writers is None:
+        return None
+    return Display(writers.raw, writers.line, room=writers.room, tty=writers.tty, every_s=progress_interval())
+
+
+def progress_interval(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds between two plain progress lines: ``EVALS_PROGRESS_INTERVAL``, else :data:`EVERY_S`."""
+    value = environ.get(INTERVAL_ENV, "").strip()
+    if not value:
+        return EVERY_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{INTERVAL_ENV}: expected a number of seconds above 0, found {value!r}")
+    return seconds

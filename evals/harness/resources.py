@@ -74,6 +74,7 @@ class Harness:
         self._programs: dict[str, Any] = {}
         self.evaluations: Evaluations | None = None
         self.on_tick: Callable[[], None] = lambda: None  # progress, set by the controller or the worker
+        self.compile_sink: Any = None  # where a compile shows its progress, set by the controller or the worker
 
     # ----- resources -----
 
@@ -228,7 +229,14 @@ class Harness:
                 parts=self.compile_parts(spec, config, trainset, valset),
                 empty=lambda: empty_shape(config, spec.build(full_train), trainset, extra),
                 compile=lambda: compile_program(
-                    config, spec.build(full_train), trainset, valset, diagnosis_match, extra
+                    config,
+                    spec.build(full_train),
+                    trainset,
+                    valset,
+                    diagnosis_match,
+                    extra,
+                    progress=self.compile_sink,
+                    name=name,
                 ),
                 count_lm_calls=lambda: len(lm.history),
                 session_id=self.session_id,

@@ -1,4 +1,4 @@
-"""The xdist worker's session hooks: its progress for the controller, and its compile events at the end."""
+"""The xdist worker's session hooks: its progress (examples, compiles) and, at the end, its compile events."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ class Worker:
         self.worker_id = str(harness.worker_input.get("workerid", "gw")) if harness.worker_input else "gw"
         self._written = 0.0
         harness.on_tick = self.write_progress
+        if self.progress_dir is not None:  # the controller prints this worker's compiles from their file
+            from evals.harness.compile_sinks import worker_sink
+
+            harness.compile_sink = worker_sink(self.progress_dir, self.worker_id)
 
     def write_progress(self, force: bool = False) -> None:
         """This worker's examples done and calls in flight, for the controller's progress line (throttled)."""
