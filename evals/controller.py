@@ -106,18 +106,17 @@ class Controller:
             self.harness.policies  # noqa: B018 - parsed (and validated) now
 
     def start_lm_server(self) -> None:
-        """Start the shared model server before any worker (``--evals-lm-server``)."""
-        from evals.lm.mlx import resolve_target
-        from evals.lm.server import start_mlx_server
-        from evals.lm.spec import parse_lm_spec
+        """Start the session's model server before any worker (``--evals-lm-server``); fail closed in one line."""
+        from evals.errors import LMUnavailable
+        from evals.lm.server import start_session_server
 
         settings = self.harness.settings
-        spec = parse_lm_spec(settings["lm"])
-        if spec.backend != "mlx":
-            raise ConfigError(f"--evals-lm-server starts an mlx_lm server: use an mlx: LM spec, not {spec.spec!r}")
-        model, _ = resolve_target(spec.model, cache_dir=settings.path("cache-dir"))
-        self.server = start_mlx_server(Path(model), settings.path("cache-dir") / "logs")
-        self.harness.lm_server = {"spec": self.server.spec(), "api_base": self.server.api_base}
+        cache_dir = settings.path("cache-dir")
+        try:
+            self.server = start_session_server(settings["lm"], log_dir=cache_dir / "logs", cache_dir=cache_dir)
+        except LMUnavailable as exc:
+            pytest.exit(str(exc), returncode=pytest.ExitCode.INTERRUPTED)
+        self.harness.lm_server = self.server.for_workers()
 
     def show_progress(self) -> None:
         """Examples done and calls in flight: this process's, or the xdist workers' files summed."""

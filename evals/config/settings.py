@@ -107,7 +107,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "lm-server",
         "false",
-        "Start one mlx_lm server for the session and point every worker at it (mlx: specs)",
+        (
+            "Serve the in-process model (smollm2, llamacpp:, mlx:) to every worker from one server process "
+            "for the session, answers constrained as in process"
+        ),
         _bool,
         flag=True,
     ),

@@ -143,6 +143,7 @@ class Harness:
                 n_threads=worker_threads(workers),
                 cache=not self.settings["no-cache"],
                 cache_dir=self.settings.path("cache-dir"),
+                server=self.lm_server,
             )
             if hasattr(lm.engine, "llama"):
                 lm.engine.llama  # noqa: B018 - load in-process models now: a bad file is one clear line, once
@@ -179,15 +180,16 @@ class Harness:
         return [*bases, *(f"{base}+{opt}" for base in bases for opt in optimizers)]
 
     def lm_spec(self) -> Any:
-        """The LM spec; with --evals-lm-server, the session's shared server instead of an in-process model."""
+        """The LM spec (the same with --evals-lm-server: the session's server runs that model for every process)."""
         from evals.lm.spec import parse_lm_spec
 
         s = self.settings
-        spec, api_base = s["lm"], s["lm-api-base"]
-        if self.lm_server:
-            spec, api_base = self.lm_server["spec"], self.lm_server["api_base"]
         return parse_lm_spec(
-            spec, temperature=s["temperature"], max_tokens=s["max-tokens"], api_base=api_base, timeout_s=s["timeout"]
+            s["lm"],
+            temperature=s["temperature"],
+            max_tokens=s["max-tokens"],
+            api_base=s["lm-api-base"],
+            timeout_s=s["timeout"],
         )
 
     def program(self, name: str) -> Any:

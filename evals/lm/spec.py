@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from evals.errors import ConfigError
 from evals.lm.files import file_digest, smollm2_path
 
 DEFAULT_LM = "smollm2"
+IN_PROCESS = ("llamacpp", "mlx")
+"""Backends whose model runs in the harness's own processes (or in its session server)."""
 KNOWN_FORMS = (
     "smollm2, llamacpp:/path/model.gguf, mlx:smollm2, mlx:/path/or/hf-id, provider/model (e.g. openai/gpt-4o-mini)"
 )
@@ -93,27 +96,60 @@ def parse_lm_spec(
     raise ConfigError(f"unknown LM spec {text!r}; expected one of: {KNOWN_FORMS}")
 
 
-def build_lm(spec: LMSpec, *, n_threads: int | None = None, cache: bool = True, cache_dir: Path | None = None) -> Any:
-    """Build a ``dspy.LM`` for the spec (the model is loaded in this process where in process)."""
+def build_lm(
+    spec: LMSpec,
+    *,
+    n_threads: int | None = None,
+    cache: bool = True,
+    cache_dir: Path | None = None,
+    server: Mapping[str, str] | None = None,
+) -> Any:
+    """Build a ``dspy.LM`` for the spec (the model is loaded in this process where in process).
+
+    Args:
+        spec: The parsed LM spec.
+        n_threads: llama.cpp threads for prompt evaluation.
+        cache: Whether dspy caches the LM's responses.
+        cache_dir: The harness cache directory (``mlx:smollm2`` is converted into it).
+        server: ``{"api_base", "model"}`` of the session's model server (``--evals-lm-server``): an
+            llamacpp or mlx spec is then served by it, under the same ``dspy.LM`` name as in process,
+            so answers and the response cache are the same, and this process loads no model.
+    """
     import dspy
 
     kwargs: dict[str, Any] = {"temperature": spec.temperature, "max_tokens": spec.max_tokens, "cache": cache}
-    if spec.backend == "llamacpp":
-        from evals.lm.llama import LlamaCppEngine
+    if spec.backend in IN_PROCESS and server:
+        from evals.lm.server import ServerEngine
 
-        engine = LlamaCppEngine(spec.model, n_threads=n_threads)
-        return dspy.LM(f"llamacpp/{Path(spec.model).stem}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
-    if spec.backend == "mlx":
-        from evals.lm.mlx import MLXEngine
-
-        mlx_engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
-        return dspy.LM(f"mlx/{mlx_engine.name}-{spec.cache_key()}", engine=mlx_engine, num_retries=0, **kwargs)
+        remote = ServerEngine(server["api_base"], timeout_s=spec.timeout_s)
+        return dspy.LM(f"{server['model']}-{spec.cache_key()}", engine=remote, num_retries=0, **kwargs)
+    if spec.backend in IN_PROCESS:
+        model_id, engine = load_engine(spec, n_threads=n_threads, cache_dir=cache_dir)
+        return dspy.LM(f"{model_id}-{spec.cache_key()}", engine=engine, num_retries=0, **kwargs)
     extra: dict[str, Any] = {"api_base": spec.api_base} if spec.api_base else {}
     if spec.api_base and spec.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         extra["api_key"] = "local-server"  # an OpenAI-compatible local server wants some key, never a real one
     # num_retries=0: the harness retries within the example budget (evals.harness.runner); litellm's own
     # retries inside those would multiply the time one example may take.
     return dspy.LM(spec.model, timeout=spec.timeout_s, num_retries=0, **extra, **kwargs)
+
+
+def load_engine(spec: LMSpec, *, n_threads: int | None = None, cache_dir: Path | None = None) -> tuple[str, Any]:
+    """The in-process engine of an llamacpp or mlx spec and its model id (``llamacpp/<stem>``, ``mlx/<name>``).
+
+    The llama.cpp model loads on first use; an MLX model loads here. The id, with the spec's
+    :meth:`LMSpec.cache_key`, names the ``dspy.LM``, in process and through the session server alike.
+    """
+    if spec.backend == "llamacpp":
+        from evals.lm.llama import LlamaCppEngine
+
+        return f"llamacpp/{Path(spec.model).stem}", LlamaCppEngine(spec.model, n_threads=n_threads)
+    if spec.backend == "mlx":
+        from evals.lm.mlx import MLXEngine
+
+        mlx_engine = MLXEngine.from_target(spec.model, cache_dir=cache_dir)
+        return f"mlx/{mlx_engine.name}", mlx_engine
+    raise ConfigError(f"LM {spec.spec!r} is not an in-process model; expected smollm2, llamacpp:PATH.gguf or mlx:...")
 
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
