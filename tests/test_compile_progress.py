@@ -13,7 +13,7 @@ import evals.harness.compile_progress as compile_progress
 from evals.config.optimizers import OptimizerConfig, load_setup
 from evals.errors import ConfigError
 from evals.harness.compile_progress import CompileReading, Tracker, compile_line
-from evals.harness.compile_sinks import CompileWatcher, FileSink, TerminalSink
+from evals.harness.compile_sinks import CompileWatcher, FileSink, TerminalSink, stream_sink
 from evals.harness.optimize import compile_program
 from evals.harness.progress import CLEAR_TO_END, TerminalWriters, progress_interval
 from tests.test_optimizers import CONFIG_FILE, MAGIC, PROGRAMS, _examples, _gold, _instruction_following_lm
@@ -204,6 +204,21 @@ def test_a_file_sink_writes_at_most_once_a_period_but_always_the_end(tmp_path: P
     sink.finish(reading(done=11, state="compiled"))
     assert CompileReading.from_dict(json.loads(path.read_text())).state == "compiled"
     assert [p.name for p in tmp_path.iterdir()] == ["compile-gw0.json"]  # no temp file left behind
+
+
+def test_a_script_shows_a_compile_on_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setenv("EVALS_PROGRESS_INTERVAL", "10")
+    stream = io.StringIO()
+    sink = stream_sink(stream)  # StringIO is no tty: periodic lines
+    sink.show(reading(elapsed_s=5))
+    sink.show(reading(elapsed_s=10.5))
+    sink.finish(reading(elapsed_s=12, state="compiled"))
+    assert stream.getvalue().splitlines() == [
+        compile_line(reading(elapsed_s=10.5)),
+        compile_line(reading(elapsed_s=12, state="compiled")),
+    ]
 
 
 def test_progress_interval_from_the_environment() -> None:

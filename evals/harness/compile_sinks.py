@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from evals.harness.compile_progress import CompileReading, compile_line, worth_a_line
 from evals.harness.progress import CLEAR_TO_END, TerminalWriters, fit, progress_interval, terminal_writers
@@ -182,3 +183,24 @@ def watch_compiles(config: Any, directory: Path) -> CompileWatcher | None:
     """The xdist controller's watcher of the workers' compile files, started (None without a terminal reporter)."""
     writers = terminal_writers(config)
     return None if writers is None else CompileWatcher(directory, writers.line, every_s=progress_interval()).start()
+
+
+def stream_sink(stream: TextIO, *, tty: bool | None = None) -> TerminalSink:
+    """A compile's progress on a plain stream outside pytest (a script's stderr): live on a tty, else lines."""
+
+    def raw(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    def line(text: str) -> None:
+        raw(text + "\n")
+
+    writers = TerminalWriters(
+        raw=raw,
+        line=line,
+        fresh_line=lambda: None,  # a script's lines end with a newline
+        room=lambda: None,
+        columns=lambda: shutil.get_terminal_size().columns,
+        tty=stream.isatty() if tty is None else tty,
+    )
+    return TerminalSink(writers, every_s=progress_interval())
