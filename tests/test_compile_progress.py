@@ -138,8 +138,9 @@ def test_a_tty_gets_one_live_line_rewritten_in_place_then_erased_and_the_summary
     sink.show(reading(elapsed_s=0.5))  # too soon
     sink.show(reading(elapsed_s=0.8, done=1))
     assert screen.fresh == 1  # the live line stands on a line of its own
-    assert len(screen.raw) == 2 and screen.lines == []
-    for text in screen.raw:
+    # First the example progress shown in place after pytest's dots is erased, then the line twice.
+    assert screen.raw[0] == CLEAR_TO_END and len(screen.raw) == 3 and screen.lines == []
+    for text in screen.raw[1:]:
         assert text.startswith("\revals: compiling zero_shot+miprov2_li") and text.endswith(CLEAR_TO_END)
         assert len(text) - len("\r" + CLEAR_TO_END) <= 59  # cut to the terminal's width
     sink.finish(reading(elapsed_s=1.0, done=11, state="compiled"))

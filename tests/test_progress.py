@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from evals.harness.progress import CLEAR_TO_END, RESTORE, SAVE, Display, Progress, fit, progress_line
 
 
@@ -147,3 +149,17 @@ def test_terminal_writers_end_pytests_line_only_when_it_has_text() -> None:
     writers.line("evals: compiled x")
     assert reporter.out == ["\n", "evals: compiled x\n"]
     assert terminal_writers(FakeConfig(None)) is None
+
+
+def test_terminal_width_is_read_when_the_session_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a test's output capture the terminal size reads as 80 columns: the session's start knows better."""
+    import os
+    import shutil
+
+    from evals.harness.progress import terminal_writers
+
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *args, **kwargs: os.terminal_size((120, 40)))
+    reporter = FakeReporter(width=10, tty=True)
+    writers = terminal_writers(FakeConfig(reporter))
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *args, **kwargs: os.terminal_size((80, 24)))
+    assert writers is not None and writers.columns() == 120 and writers.room() == 110

@@ -45,6 +45,7 @@ class TerminalSink:
                 if not self._live or reading.elapsed_s - self._last >= self.tty_every_s:
                     self._last = reading.elapsed_s
                     if not self._live:
+                        self.writers.raw(CLEAR_TO_END)  # the example progress shown in place after pytest's dots
                         self.writers.fresh_line()
                         self._live = True
                     self.writers.raw(f"\r{fit(compile_line(reading), self.writers.columns() - 1)}{CLEAR_TO_END}")

@@ -159,7 +159,8 @@ def terminal_writers(config: Any) -> TerminalWriters | None:
     """:class:`TerminalWriters` on pytest's terminal (``None`` without a terminal reporter, e.g. ``-p no:terminal``).
 
     Raw text goes straight to the terminal's file, so that pytest's own record of the current
-    line's width, and with it the ``[ 45%]`` column, stays right.
+    line's width, and with it the ``[ 45%]`` column, stays right. The terminal's width is the one
+    it has when this is called (a session's start).
     """
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
@@ -179,8 +180,11 @@ def terminal_writers(config: Any) -> TerminalWriters | None:
             sys.__stdout__.write(text)
             sys.__stdout__.flush()
 
+    # Read now, while pytest captures nothing: under capture the output is a file, and the size would be 80.
+    width = shutil.get_terminal_size().columns
+
     def columns() -> int:
-        return shutil.get_terminal_size().columns
+        return width
 
     def room() -> int | None:
         width = getattr(writer, "width_of_current_line", None)
