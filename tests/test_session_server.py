@@ -367,3 +367,19 @@ def test_no_server_outlives_its_session(pytester: pytest.Pytester, sig: signal.S
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_server_that_does_not_start_stops_the_session_in_one_line_naming_its_log(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    bad = pytester.path / "broken.gguf"
+    bad.write_bytes(b"not a model")
+
+    result = pytester.runpytest_subprocess(
+        f"--evals-lm=llamacpp:{bad}", "--evals-lm-server", "--evals-no-mlflow", f"--evals-data-dir={SHARED_DATA}"
+    )
+
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    line = f"*the LM server for 'llamacpp:{bad}' did not start: it exited with status 2; ERROR: LM * cannot be loaded*"
+    result.stderr.fnmatch_lines([f"Exit: {line}(log: *lm_server_*.log)"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert " passed" not in result.stdout.str()  # no test ran

@@ -224,6 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, completion_body(response, self.server.model))
 
     def _error(self, status: int, message: str, kind: str) -> None:
+        self.close_connection = True  # the body may be unread: never parse its rest as the next request
         self._reply(status, {"error": {"message": message.splitlines()[0][:500], "type": kind}})
 
     def _reply(self, status: int, payload: dict[str, Any]) -> None:
