@@ -190,21 +190,26 @@ def test_the_controller_prints_workers_compiles_from_their_files(tmp_path: Path)
     watcher.poll()
     assert lines[1:] == [compile_line(reading(elapsed_s=40, done=11, state="compiled"))]  # once
     gw0.show(reading(compile_id="c3", program="zero_shot+other", elapsed_s=0.3))  # the worker's next compile
+    gw0.finish(reading(compile_id="c3", program="zero_shot+other", elapsed_s=2, state="compiled"))
+    gw1.finish(reading(program="zero_shot+gepa", compile_id="c2", elapsed_s=3, state="compiled"))
     watcher.stop()
-    assert len(lines) == 2
+    assert sorted(lines[2:]) == [  # both ends, though gw0 began its next compile before the controller looked
+        compile_line(reading(program="zero_shot+gepa", compile_id="c2", elapsed_s=3, state="compiled")),
+        compile_line(reading(compile_id="c3", program="zero_shot+other", elapsed_s=2, state="compiled")),
+    ]
 
 
 def test_a_file_sink_writes_at_most_once_a_period_but_always_the_end(tmp_path: Path) -> None:
     clock = Clock()
     sink = FileSink(tmp_path, "gw0", every_s=1.0, clock=clock)
-    path = tmp_path / "compile-gw0.json"
+    path = tmp_path / "compile-gw0-c1.json"
     sink.show(reading(done=1))
     clock.now += 0.5
     sink.show(reading(done=2))
     assert CompileReading.from_dict(json.loads(path.read_text())).done == 1
     sink.finish(reading(done=11, state="compiled"))
     assert CompileReading.from_dict(json.loads(path.read_text())).state == "compiled"
-    assert [p.name for p in tmp_path.iterdir()] == ["compile-gw0.json"]  # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["compile-gw0-c1.json"]  # no temp file left behind
 
 
 def test_a_script_shows_a_compile_on_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:

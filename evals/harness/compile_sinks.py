@@ -64,7 +64,8 @@ class TerminalSink:
 
 
 class FileSink:
-    """An xdist worker's compile: its reading in a file the controller's :class:`CompileWatcher` reads."""
+    """An xdist worker's compiles: each one's reading in a file of its own (``compile-gw0-<id>.json``), so
+    that the end of one is not overwritten by the next before the controller's :class:`CompileWatcher` reads it."""
 
     def __init__(
         self,
@@ -74,7 +75,7 @@ class FileSink:
         every_s: float = FILE_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = directory / COMPILE_FILE.format(worker)
+        self.directory, self.worker = directory, worker
         self.every_s, self.clock = every_s, clock
         self._last: float | None = None
 
@@ -89,10 +90,11 @@ class FileSink:
         self._write(reading)
 
     def _write(self, reading: CompileReading) -> None:
-        temp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        path = self.directory / COMPILE_FILE.format(f"{self.worker}-{reading.compile_id}")
+        temp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             temp.write_text(json.dumps(reading.to_dict()))
-            os.replace(temp, self.path)
+            os.replace(temp, path)
         except OSError:  # the session's directory is gone (the controller ended): nobody reads it
             temp.unlink(missing_ok=True)
 
