@@ -155,3 +155,29 @@ def html_escape(text: str) -> str:
     import html
 
     return html.escape(text, quote=True)
+
+
+def costed_data() -> ReportData:
+    """Two programs whose records carry the provider's cost, one on a local model (no cost)."""
+    from evals.results.html_build import build_report_data
+
+    records = [
+        replace(r, cost_usd=0.0125 if r.program == "zero_shot" else 0.0)
+        for r in sample_records({"zero_shot": 0.5, "tfidf_logreg": 0.9})
+    ]
+    return build_report_data(
+        title="costed", metrics=aggregate(records), checks={}, records=records, redact=lambda text: text
+    )
+
+
+def test_summary_has_a_cost_column_total_and_per_example() -> None:
+    data = costed_data()
+    summary = _section(render_html(data), "summary")
+    assert "<th class=num>cost / per example</th>" in summary
+    rows = {row.split("</td>", 1)[0]: row for row in re.findall(r"<tr[^>]*>(.*?)</tr>", summary, re.S)[1:]}
+    zero_shot = next(row for name, row in rows.items() if "zero_shot" in name)
+    local = next(row for name, row in rows.items() if "tfidf_logreg" in name)
+    n = next(p.n for p in data.programs if p.name == "zero_shot")
+    assert n == 44
+    assert f"${0.0125 * n:,.4f} / $0.0125</td></tr>" in zero_shot + "</tr>"  # 44 examples at $0.0125
+    assert local.rstrip().endswith("—</td>")  # a local model reports no cost: a dash, not $0.0000

@@ -105,3 +105,20 @@ def test_a_missing_section_is_caught(browser: str, data: ReportData, tmp_path: P
     page = tmp_path / "partial.html"
     page.write_text(render_html(data).replace('<section id="trend"', '<section id="gone"'))
     assert problems(load(page, browser)) == ["missing section trend"]
+
+
+def test_the_summary_shows_each_program_cost(browser: str, tmp_path: Path) -> None:
+    from tests.test_html_report import costed_data
+
+    page = tmp_path / "costed.html"
+    page.write_text(render_html(costed_data()))
+    loaded = load(page, browser)
+    assert problems(loaded) == []
+    summary = re.search(r'<section id="summary"[^>]*>(.*?)</section>', loaded.dom, re.S)
+    assert summary is not None
+    header, *rows = re.findall(r"<tr[^>]*>(.*?)</tr>", summary.group(1), re.S)
+    assert re.findall(r"<th[^>]*>([^<]*)</th>", header)[-1] == "cost / per example"
+    costs = {
+        re.sub(r"<[^>]+>", "", cells[0]): cells[-1] for cells in (re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows)
+    }
+    assert costs == {"zero_shot": "$0.5500 / $0.0125", "tfidf_logreg": "—"}

@@ -197,6 +197,7 @@ def _summary(data: ReportData) -> str:
         "errors",
         "latency p50 / p95",
         "tokens in / out",
+        "cost / per example",
     )
     rows = (_summary_row(p) for p in data.programs)
     note = (
@@ -205,7 +206,7 @@ def _summary(data: ReportData) -> str:
         if data.reference
         else "No reference program ran: no gain to report."
     )
-    return _section("summary", _table(headers, rows, numeric=tuple(range(2, 10))) + f'<p class="note">{esc(note)}</p>')
+    return _section("summary", _table(headers, rows, numeric=tuple(range(2, 11))) + f'<p class="note">{esc(note)}</p>')
 
 
 def _summary_row(p: ProgramRow) -> str:
@@ -222,9 +223,15 @@ def _summary_row(p: ProgramRow) -> str:
             _td(_score(p.error_rate), True),
             _td(f"{p.latency_p50_ms / 1000:,.1f} / {p.latency_p95_ms / 1000:,.1f} s", True),
             _td(f"{p.prompt_tokens:,} / {p.completion_tokens:,}", True),
+            _td(cost_text(p.cost_usd, p.cost_per_example_usd), True),
         ),
         p.failed,
     )
+
+
+def cost_text(total_usd: float, per_example_usd: float) -> str:
+    """``$0.0123 / $0.0001`` (total / per example), or ``—`` when the LM reported no cost (local models)."""
+    return f"${total_usd:,.4f} / ${per_example_usd:,.4f}" if total_usd > 0 else "—"
 
 
 def _breakable(name: str) -> str:

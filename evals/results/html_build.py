@@ -66,6 +66,7 @@ def program_row(m: ProgramMetrics, failed: bool, gain: float | None, reference: 
         reference,
         gain,
         failed,
+        m.cost_usd,
     )
 
 

@@ -44,6 +44,8 @@ class ProgramRow:
         gain_over_reference: Accuracy minus the reference program's, on the same examples;
             None for the reference itself or when no reference ran.
         failed: True when any enforced check or gate of the program failed.
+        cost_usd: What its LM calls cost as the provider reported it; 0 when it reported none
+            (local models, cache hits).
     """
 
     name: str
@@ -59,6 +61,11 @@ class ProgramRow:
     reference: bool = False
     gain_over_reference: float | None = None
     failed: bool = False
+    cost_usd: float = 0.0
+
+    @property
+    def cost_per_example_usd(self) -> float:
+        return self.cost_usd / self.n if self.n else 0.0
 
 
 @dataclass(frozen=True)
