@@ -245,12 +245,30 @@ SECTIONS: dict[str, Section] = {
             http_measures,
             http_rows,
         ),
-        # More sections plug in here, one entry each: e.g. bench/merge.py's function (merge time of
-        # 2 shards) and bench/rss.py's (peak RSS with the session server) become
-        # Section("merge", help, ("merge",), <measures yielding {"merge": (what, run)}>, <rows from got("merge")>).
+        # More sections plug in here, one entry each. A module with one function that measures into a
+        # fresh directory and returns its Row (bench/merge.py: merge time of 2 shards; bench/rss.py: peak
+        # RSS with the session server) is a section of one step and one row:
+        #   Section("merge", "merge time of 2 shards", ("merge",),
+        #           single_step("merge", "merge 2 shards", lambda plan, d: merge_row(d)),
+        #           single_row("merge", "merge time, 2 shards", Goal(...))),
     )
 }
 """Every section, in the order ``python -m evals bench`` measures them (``--only`` picks some)."""
+
+
+def single_step(key: str, what: str, measure: Callable[[Plan, Path], Row]) -> Callable[[Plan, Path], Any]:
+    """A section's ``measures`` of one step, ``measure(plan, fresh_directory)`` returning its Row."""
+
+    @contextmanager
+    def measures(plan: Plan, work: Path) -> Iterator[Measures]:
+        yield {key: (what, lambda directory: measure(plan, directory))}
+
+    return measures
+
+
+def single_row(key: str, name: str, goal: Goal) -> Callable[[Plan, Got], list[RowSpec]]:
+    """A section's ``rows``: the Row its one step ``key`` returned (``name`` and ``goal`` if it failed)."""
+    return lambda plan, got: [(name, goal, lambda: got(key)[0])]
 
 
 def select_sections(only: str | None) -> list[Section]:
@@ -292,13 +310,9 @@ def run_bench(plan: Plan, progress: Callable[[str], None] = print, only: str | N
 
             rows += [_row(name, goal, build) for name, goal, build in section.rows(plan, got)]
     machine["load_end"] = os.getloadavg()[0]
-    options = {
-        "sections": ",".join(section.name for section in sections),
-        "program": plan.program,
-        "per_diagnosis": plan.per_diagnosis,
-        "examples": plan.examples,
-        "quick": plan.quick,
-    }
+    options: dict[str, Any] = {"sections": ",".join(section.name for section in sections), "quick": plan.quick}
+    if SECTIONS["llama"] in sections:  # the HTTP rows take every example of three programs, whatever these say
+        options.update(program=plan.program, per_diagnosis=plan.per_diagnosis, examples=plan.examples)
     return BenchReport(machine, options, rows, time.perf_counter() - started)
 
 

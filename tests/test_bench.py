@@ -12,7 +12,20 @@ from typing import Any
 
 import pytest
 
-from bench import ORDER, PAIRED, SECTIONS, Section, _overhead, _parallel, _row, run_bench, select_sections, write_report
+from bench import (
+    ORDER,
+    PAIRED,
+    SECTIONS,
+    Section,
+    _overhead,
+    _parallel,
+    _row,
+    run_bench,
+    select_sections,
+    single_row,
+    single_step,
+    write_report,
+)
 from bench.children import build_synthetic_bundle, synthetic_records
 from bench.common import QUICK_DIAGNOSES, BenchError
 from bench.http_lm import (
@@ -326,7 +339,7 @@ def test_a_section_that_cannot_start_leaves_its_rows_unmeasured(monkeypatch: pyt
     report = run_bench(Plan("zero_shot", 1, None, quick=True), progress=lines.append, only="two,one")
     assert [(row.name, row.ratio) for row in report.rows] == [("b row", None), ("double", 1.0)]
     assert report.rows[0].note == "not measured: fake server did not start"
-    assert report.options["sections"] == "two,one"
+    assert report.options == {"sections": "two,one", "quick": True}  # the llama section's options only with it
     assert "[1/2] step a" not in lines and "[2/2] step a" in lines
 
 
@@ -351,3 +364,29 @@ def test_cli_only_names_the_sections_on_one_line(tmp_path: Path, capsys: pytest.
     assert main(["bench", "--only", "gpu", "--out", str(tmp_path / "b.json")]) == 2
     assert capsys.readouterr().err == "error: --only 'gpu': expected sections among llama, http (comma-separated)\n"
     assert not (tmp_path / "b.json").exists()
+
+
+GOAL = Goal("<=", 1.0)
+
+
+def test_a_one_function_section_plugs_in_with_single_step_and_single_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    def measure(plan: Plan, work: Path) -> Row:
+        assert work.name == "merge-1" and not work.exists()  # a fresh directory of its own
+        return Row("merge time, 2 shards", {"merge_s": 1.5}, 0.5, Goal("<=", 1.0))
+
+    def failing(plan: Plan, work: Path) -> Row:
+        raise BenchError("rss: no /proc")
+
+    step = single_step("merge", "merge 2 shards", measure)
+    merge = Section("merge", "", ("merge",), step, single_row("merge", "m", GOAL))
+    rss = Section("rss", "", ("rss",), single_step("rss", "peak RSS", failing), single_row("rss", "peak RSS", GOAL))
+    monkeypatch.setitem(SECTIONS, "merge", merge)
+    monkeypatch.setitem(SECTIONS, "rss", rss)
+    lines: list[str] = []
+    report = run_bench(Plan("zero_shot", 1, None, quick=True), progress=lines.append, only="merge,rss")
+    assert [(row.name, row.ratio, row.met) for row in report.rows] == [
+        ("merge time, 2 shards", 0.5, True),
+        ("peak RSS", None, None),
+    ]
+    assert report.rows[1].note == "not measured: rss: no /proc"
+    assert lines == ["[1/2] merge 2 shards", "[2/2] peak RSS", "    failed: rss: no /proc"]
