@@ -145,7 +145,7 @@ def test_a_tty_gets_one_live_line_rewritten_in_place_then_erased_and_the_summary
         assert len(text) - len("\r" + CLEAR_TO_END) <= 59  # cut to the terminal's width
     sink.finish(reading(elapsed_s=1.0, done=11, state="compiled"))
 
-    assert screen.raw[-1] == "\r" + CLEAR_TO_END
+    assert screen.raw[-2:] == ["\r" + CLEAR_TO_END, CLEAR_TO_END]
     assert screen.lines == [compile_line(reading(elapsed_s=1.0, done=11, state="compiled"))]
 
 

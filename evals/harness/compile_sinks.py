@@ -60,6 +60,8 @@ class TerminalSink:
                 self._live = False
             self._last = 0.0
             if worth_a_line(reading):
+                if self.writers.tty:  # a compile too short for a live line: the example progress may stand there
+                    self.writers.raw(CLEAR_TO_END)
                 self.writers.line(compile_line(reading))
 
 
