@@ -9,6 +9,7 @@ data) before anything is written; nothing here talks to MLflow.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +36,9 @@ class LMCall:
         cost_usd: What the call cost as the provider reported it (litellm's ``response_cost``);
             0 for cache hits, local models and providers that report nothing.
         cached: True when the response came from the cache.
+        started_at: Epoch seconds when the call started (dspy's ``on_lm_start``); 0 when not
+            captured (bundles written before call timing, calls read back from LM history).
+        ended_at: Epoch seconds when the call ended (``on_lm_end``); 0 when not captured.
     """
 
     model: str
@@ -44,6 +48,13 @@ class LMCall:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     cached: bool = False
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    @property
+    def timed(self) -> bool:
+        """True when the call's start and end were captured (and are in order)."""
+        return 0 < self.started_at <= self.ended_at
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +69,8 @@ class LMCall:
             completion_tokens=int(data.get("completion_tokens") or 0),
             cost_usd=float(data.get("cost_usd") or 0.0),
             cached=bool(data.get("cached", False)),
+            started_at=float(data.get("started_at") or 0.0),
+            ended_at=float(data.get("ended_at") or 0.0),
         )
 
     def cleaned(self, clean: Callable[[str], str]) -> LMCall:
@@ -103,7 +116,7 @@ class CallRecorder:
 
     def __init__(self) -> None:
         self.calls: list[LMCall] = []
-        self._started: dict[str, tuple[Any, Any]] = {}
+        self._started: dict[str, tuple[Any, Any, float]] = {}
 
     @contextmanager
     def recording(self) -> Iterator[CallRecorder]:
@@ -113,26 +126,24 @@ class CallRecorder:
             yield self
 
     def start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._started[call_id] = (instance, inputs.get("messages") or inputs.get("prompt"))
+        self._started[call_id] = (instance, inputs.get("messages") or inputs.get("prompt"), time.time())
 
     def end(self, call_id: str, outputs: Any) -> None:
-        instance, messages = self._started.pop(call_id, (None, None))
+        ended_at = time.time()
+        instance, messages, started_at = self._started.pop(call_id, (None, None, 0.0))
         history = list(getattr(instance, "history", []) or [])[-50:]
         entry = next((e for e in reversed(history) if e.get("messages") is messages), None) or next(
             (e for e in reversed(history) if messages is not None and e.get("messages") == messages), None
         )
+        if entry is None and instance is not None:  # the LM failed: what was sent, and no completion
+            entry = {
+                "model": getattr(instance, "model", ""),
+                "messages": messages,
+                "outputs": outputs if isinstance(outputs, list) else [],
+            }
         if entry is not None:
-            self.calls.append(from_history_entry(entry))
-        elif instance is not None:  # the LM failed: what was sent, and no completion
-            self.calls.append(
-                from_history_entry(
-                    {
-                        "model": getattr(instance, "model", ""),
-                        "messages": messages,
-                        "outputs": outputs if isinstance(outputs, list) else [],
-                    }
-                )
-            )
+            call = from_history_entry(entry)
+            self.calls.append(replace(call, started_at=started_at, ended_at=ended_at) if started_at else call)
         del self.calls[:-MAX_CALLS]
 
     def result(self) -> tuple[LMCall, ...]:

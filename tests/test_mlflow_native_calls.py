@@ -97,3 +97,27 @@ def test_threads_running_at_once_each_record_only_their_own_calls() -> None:
     for thread in threads:
         thread.join()
     assert all(len(calls) == 1 and f"patient number {i} " in calls[0].messages for i, calls in found.items())
+
+
+def test_each_recorded_call_carries_its_own_start_and_end() -> None:
+    import time
+
+    import dspy
+    from dspy.utils.dummies import DummyLM
+
+    lm = DummyLM([{"diagnosis": "migraine"}] * 2)
+    program = dspy.Predict("symptoms -> diagnosis")
+    recorder = CallRecorder()
+    before = time.time()
+    with dspy.context(lm=lm), recorder.recording():
+        program(symptoms="first")
+        between = time.time()
+        time.sleep(0.05)
+        program(symptoms="second")
+    after = time.time()
+    first, second = recorder.result()
+    assert before <= first.started_at <= first.ended_at <= between
+    assert between + 0.05 <= second.started_at <= second.ended_at <= after
+    assert first.timed and second.timed
+    assert LMCall.from_dict(second.to_dict()) == second  # kept in the bundle's traces
+    assert not from_history_entry(entry("a")).timed  # read back from LM history: no timing
