@@ -35,6 +35,7 @@ for r in runs:
         "wrong": sum(1 for t in traces if t.info.tags.get("evals.outcome") != "correct"),
         "spans": [s.name for s in first.data.spans] if first else [],
         "lm_input": json.dumps(first.data.spans[-1].inputs) if first else "",
+        "windows": [[s.start_time_ns, s.end_time_ns] for s in first.data.spans] if first else [],
         "inputs": sorted((d.dataset.name, d.dataset.digest, d.tags[0].value) for d in r.inputs.dataset_inputs),
         "sample_fingerprint": r.data.params.get("sample.fingerprint", ""),
         "models": [m.model_id for m in models],
@@ -73,6 +74,9 @@ def test_every_example_is_a_trace_with_assessments_and_programs_are_loadable_mod
     assert zero["wrong"] == 22  # the scripted LM is right on half: the run's Traces tab filters to them
     assert zero["spans"][0] == "zero_shot" and zero["spans"][1].startswith("LM ")
     assert len(zero["spans"]) == 2 and "symptoms" in zero["lm_input"]  # the rendered prompt
+    (program_start, program_end), (lm_start, lm_end) = zero["windows"]
+    # The LM span is the call's own start and end (an even split of the example would start it 1 ns in).
+    assert program_start + 1 < lm_start <= lm_end <= program_end
     assert store["programs"]["tfidf_logreg"]["spans"] == ["tfidf_logreg"]  # no LM call
     assert store["all_traces"] == 88
     assert zero["inputs"] == [["symptom_to_diagnosis.test", zero["sample_fingerprint"][:16], "eval"]]

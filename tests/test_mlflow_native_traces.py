@@ -43,8 +43,12 @@ def check_upload(uri: str, root: Path, n: int = 30) -> None:
     other_run = client.create_run(experiment).info.run_id
     batch = examples(n)
     stats = log_traces(client, experiment, "session-1", {run: batch, other_run: examples(4, "knn_few_shot")})
-    assert stats.traces == n + 4
+    assert (stats.traces, stats.assessed) == (n + 4, n + 4)
     assert stats.calls["log_spans"] == math.ceil(2 * (n + 4) / traces.SPANS_PER_BATCH)
+    if uri.startswith("sqlite"):  # a database store: assessments in bulk, one transaction
+        assert stats.calls["insert_traces"] == 1 and "start_trace" not in stats.calls
+    else:  # a server has no bulk route: one start_trace per trace
+        assert stats.calls["start_trace"] == n + 4 and "insert_traces" not in stats.calls
     found = client.search_traces(locations=[experiment], run_id=run, max_results=500)
     assert len(found) == n  # one trace per example, linked to its program's run
     by_id = {t.info.tags["evals.example_id"]: t for t in found}
@@ -77,21 +81,126 @@ def test_traces_with_assessments_in_sqlite(tmp_path: Path) -> None:
     check_upload(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
 
 
-def test_traces_with_assessments_through_a_real_mlflow_server(tmp_path: Path) -> None:
+def test_traces_with_assessments_through_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.mlflow_server import MlflowServer
 
     server = MlflowServer(tmp_path / "server").start()
     try:
         check_upload(server.uri, tmp_path)
+        # Through a server the session's assessments stop at the cap (one call per trace there).
+        monkeypatch.setattr(traces, "MAX_ASSESSED_TRACES", 2)
+        client, experiment, run = new_run(server.uri, tmp_path)
+        stats = log_traces(client, experiment, "s", {run: examples(6)}, replace=False)
+        assert (stats.traces, stats.assessed, stats.calls["start_trace"]) == (6, 2, 2)
+        found = client.search_traces(locations=[experiment], run_id=run, max_results=100)
+        assert sorted(len(t.info.assessments) for t in found) == [0, 0, 0, 0, 3, 3]  # the two invalid ones
     finally:
         server.kill()
 
 
-def test_the_assessment_cap_leaves_the_rest_with_tags_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_store_gets_every_trace_info_and_assessment_in_a_few_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(traces, "MAX_ASSESSED_TRACES", 2)  # the server cap does not apply here
+    monkeypatch.setattr(traces, "TRACES_PER_TRANSACTION", 5)
+    client, experiment, run = new_run(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    stats = log_traces(client, experiment, "s", {run: examples(12)}, replace=False)
+    assert (stats.traces, stats.assessed) == (12, 12)
+    assert stats.calls == {"log_spans": 1, "link_traces_to_run": 1, "insert_traces": 3}
+    found = client.search_traces(locations=[experiment], run_id=run, max_results=100)
+    assert sorted(len(t.info.assessments) for t in found) == [2] * 8 + [3] * 4
+    by_id = {t.info.tags["evals.example_id"]: t.info for t in found}
+    wrong = {a.name: a for a in by_id["test-0005"].assessments}
+    assert (wrong["correct"].value, wrong["correct"].rationale) == (False, "predicted 'allergy', expected 'migraine'")
+    assert wrong["correct"].source.source_id == traces.ASSESSMENT_SOURCE
+    assert all(t.info.tags["mlflow.traceName"] == "zero_shot" for t in found)
+    passed = client.search_traces(locations=[experiment], filter_string="feedback.correct = 'true'", max_results=100)
+    assert len(passed) == 6
+
+
+def _comparable(trace: object) -> tuple[object, ...]:
+    info, spans = trace.info, trace.data.spans  # type: ignore[attr-defined]
+    return (
+        info.request_time,
+        info.execution_duration,
+        info.state,
+        info.request_preview,
+        info.response_preview,
+        {k: v for k, v in info.tags.items() if k != "mlflow.artifactLocation"},
+        {k: v for k, v in info.trace_metadata.items() if k != "mlflow.sourceRun"},
+        sorted((a.name, a.value, a.rationale, a.source.source_id) for a in info.assessments),
+        [
+            (s.name, s.span_type, s.start_time_ns, s.end_time_ns, s.inputs, s.outputs, s.status.status_code)
+            for s in spans
+        ],
+    )
+
+
+def test_the_bulk_trace_is_the_trace_mlflow_start_trace_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same examples through the bulk path and through MLflow's public per-trace calls read back the same."""
+    batch = examples(7)
+    client, bulk_experiment, bulk_run = new_run(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    assert "insert_traces" in log_traces(client, bulk_experiment, "s", {bulk_run: batch}).calls
+    public_experiment = client.create_experiment("public")
+    public_run = client.create_run(public_experiment).info.run_id
+    monkeypatch.setattr(traces, "database_store", lambda tracing: None)
+    assert log_traces(client, public_experiment, "s2", {public_run: batch}).calls["start_trace"] == 7
+    bulk, public = (
+        sorted(client.search_traces(locations=[e], run_id=r, max_results=50), key=lambda t: t.info.request_preview)
+        for e, r in ((bulk_experiment, bulk_run), (public_experiment, public_run))
+    )
+    assert [_comparable(t) for t in bulk] == [_comparable(t) for t in public]
+    assert len(bulk) == 7 and all(t.info.trace_metadata["mlflow.sourceRun"] == bulk_run for t in bulk)
+
+
+def test_an_explicit_limit_caps_the_bulk_path_too(tmp_path: Path) -> None:
     client, experiment, run = new_run(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     stats = log_traces(client, experiment, "s", {run: examples(12)}, limit=2)
-    assert (stats.traces, stats.assessed, stats.calls["start_trace"]) == (12, 2, 2)
+    assert (stats.traces, stats.assessed, stats.calls["insert_traces"]) == (12, 2, 1)
     found = client.search_traces(locations=[experiment], run_id=run, max_results=100)
     assert len(found) == 12
     assert sum(1 for t in found if t.info.assessments) == 2
     assert all(t.info.tags.get("evals.outcome") for t in found)
+
+
+def test_lm_spans_take_each_call_own_start_and_end() -> None:
+    from dataclasses import replace
+
+    example = examples(1)[0]
+    call = example.calls[0]
+    t0 = example.started_at
+    timed = replace(
+        example,
+        latency_ms=1000.0,
+        calls=(
+            replace(call, started_at=t0 + 0.1, ended_at=t0 + 0.25),
+            replace(call, started_at=t0 + 0.5, ended_at=t0 + 0.9),
+        ),
+    )
+    spans = span_dicts(timed, "tr-x")
+    ns = [(s["start_time_unix_nano"], s["end_time_unix_nano"]) for s in spans]
+    assert ns[1] == (round((t0 + 0.1) * 1e9), round((t0 + 0.25) * 1e9))
+    assert ns[2] == (round((t0 + 0.5) * 1e9), round((t0 + 0.9) * 1e9))
+    assert ns[0] == (round(t0 * 1e9), round(t0 * 1e9) + 1_000_000_000)
+    # A call that ended after the example's latency (it waited for a slot first) stays inside the program span.
+    late = replace(timed, calls=(replace(call, started_at=t0 + 0.5, ended_at=t0 + 1.5),))
+    root, lm = span_dicts(late, "tr-y")
+    assert root["end_time_unix_nano"] == lm["end_time_unix_nano"] == round((t0 + 1.5) * 1e9)
+
+
+def test_lm_spans_of_records_without_call_timings_split_the_example_evenly() -> None:
+    from dataclasses import replace
+
+    from evals.calls import LMCall
+
+    example = examples(1)[0]
+    old = LMCall.from_dict({k: v for k, v in example.calls[0].to_dict().items() if k not in ("started_at", "ended_at")})
+    assert (old.started_at, old.ended_at, old.timed) == (0.0, 0.0, False)  # a bundle written before call timing
+    half_timed = (replace(old, started_at=example.started_at + 0.1, ended_at=example.started_at + 0.2), old)
+    for calls in ((old, old), half_timed):
+        spans = span_dicts(replace(example, latency_ms=1000.0, calls=calls), "tr-z")
+        start = round(example.started_at * 1e9)
+        assert [(s["start_time_unix_nano"] - start, s["end_time_unix_nano"] - start) for s in spans[1:]] == [
+            (1, 500_000_000 - 1),
+            (500_000_001, 1_000_000_000 - 1),
+        ]

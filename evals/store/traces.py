@@ -6,13 +6,17 @@ linked to the program's nested run and carries tags to filter on (``evals.outcom
 ``correct``, ``wrong``, ``invalid`` or ``error``) and assessments: the expected diagnosis
 (expectation), ``correct`` (feedback) and the invalid / error reason where there is one.
 
-Cost stays bounded: spans (with the tags, as ``mlflow.traceTag.*`` root-span attributes)
-go in batches through ``log_spans`` — the OTLP endpoint of a server, one transaction on
-sqlite — and run links in chunks of 100 (MLflow's limit). MLflow 3.17 has no batch API for
-assessments: they travel in one ``start_trace`` per trace (the way MLflow's own exporter
-finalises a trace), which costs 10-40 ms each on sqlite, so at most ``MAX_ASSESSED_TRACES``
-traces of a session get them — those that were not answered correctly first (what a user
-filters to), then the others in order. Every trace carries the tags either way.
+Cost stays bounded. On a database store (``sqlite:///``, ``postgresql://``, …) the trace infos
+— tags, metadata and every trace's assessments — go in bulk, ``TRACES_PER_TRANSACTION`` per
+transaction (:mod:`evals.store.trace_rows`), then the spans through ``log_spans`` in batches,
+then run links in chunks of 100 (MLflow's limit). A server (``http://``) has no bulk route for
+trace infos in MLflow 3.17: spans go through ``log_spans`` (its OTLP endpoint) with the tags as
+``mlflow.traceTag.*`` root-span attributes, run links in chunks, and assessments in one
+``start_trace`` per trace (the way MLflow's own exporter finalises a trace) — ~37 ms each on a
+one-worker sqlite-backed server, 8 threads no faster (300 traces: 11.4 s vs 10.3 s) — so there
+at most ``MAX_ASSESSED_TRACES`` traces of a session get them: those that were not answered
+correctly first (what a user filters to), then the others in order. Every trace carries the
+tags either way.
 
 Trace ids are derived from (session, program, example); an upload deletes those ids first,
 so an upload repeated after a failure (or a re-sync) writes each trace exactly once.
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from evals.calls import LMCall
+from evals.store.trace_rows import database_store, insert_traces
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -34,7 +39,9 @@ if TYPE_CHECKING:
 SPANS_PER_BATCH = 2000
 DELETES_PER_CALL = 100
 MAX_ASSESSED_TRACES = 500
-"""Traces per session that get assessments (one MLflow call each); the rest carry tags only."""
+"""Traces per session that get assessments through a server (one call each); the rest carry tags only."""
+TRACES_PER_TRANSACTION = 5000
+"""Trace infos (tags, metadata, assessments) one bulk insert writes on a database store."""
 LINKS_PER_CALL = 100
 """MLflow's ``MAX_TRACE_LINKS_PER_REQUEST``."""
 ASSESSMENT_SOURCE = "evals.scoring.diagnosis_match"
@@ -97,43 +104,59 @@ def trace_id(session_id: str, program: str, example_id: str) -> str:
     return "tr-" + digest[:32]
 
 
-def span_dicts(example: TracedExample, tid: str) -> list[dict[str, Any]]:
-    """The example's spans in ``mlflow.entities.Span.from_dict`` form: the program, then each LM call."""
-    start = round(example.started_at * 1e9)
+def span_dicts(example: TracedExample, tid: str, tag_attrs: bool = True) -> list[dict[str, Any]]:
+    """The example's spans in ``mlflow.entities.Span.from_dict`` form: the program, then each LM call.
+
+    ``tag_attrs``: carry the trace's tags as ``mlflow.traceTag.*`` root-span attributes (what
+    ``log_spans`` turns into trace tags when it creates the trace); False when the trace info
+    with its tags is written first.
+    """
+    start = _start_ns(example)
     end = start + max(round(example.latency_ms * 1e6), 1000)
-    tags = {
+    windows = call_windows(example.calls, start, end)
+    end = max([end, *(call_end for _, call_end in windows)])  # a call timed past the latency (slot wait)
+    root_attrs: dict[str, Any] = {
+        "mlflow.spanType": "CHAIN",
+        "mlflow.spanInputs": {"symptoms": example.symptoms},
+        "mlflow.spanOutputs": {"diagnosis": example.predicted} if example.error is None else {"error": example.error},
+    }
+    if tag_attrs:
+        root_attrs.update({f"mlflow.traceTag.{key}": value for key, value in trace_tags(example).items()})
+    ok = example.outcome != "error"
+    spans = [_span(tid, 1, None, example.program, start, end, root_attrs, ok, example.error)]
+    for index, (call, (call_start, call_end)) in enumerate(zip(example.calls, windows, strict=True)):
+        spans.append(
+            _span(tid, index + 2, 1, f"LM {call.model}".strip(), call_start, call_end, _call_attrs(call), True, None)
+        )
+    return spans
+
+
+def call_windows(calls: Sequence[LMCall], start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) in epoch nanoseconds of each LM call's span within the example's ``start``-``end``.
+
+    Each call's own start and end when every call has them; otherwise (bundles written before
+    call timing) the example's time split evenly between its calls.
+    """
+    if calls and all(call.timed for call in calls):
+        return [(round(c.started_at * 1e9), max(round(c.ended_at * 1e9), round(c.started_at * 1e9) + 1)) for c in calls]
+    share = (end - start) // len(calls) if calls else 0
+    return [(start + i * share + 1, start + (i + 1) * share - 1) for i in range(len(calls))]
+
+
+def trace_tags(example: TracedExample) -> dict[str, str]:
+    """The tags of the example's trace (filterable in the MLflow UI and ``search_traces``)."""
+    return {
         "evals.program": example.program,
         "evals.example_id": example.example_id,
         OUTCOME_TAG: example.outcome,
         "evals.gold": example.gold,
         "evals.predicted": example.predicted or "",
+        "mlflow.traceName": example.program,
     }
-    root_attrs: dict[str, Any] = {
-        "mlflow.spanType": "CHAIN",
-        "mlflow.spanInputs": {"symptoms": example.symptoms},
-        "mlflow.spanOutputs": {"diagnosis": example.predicted} if example.error is None else {"error": example.error},
-        **{f"mlflow.traceTag.{key}": value for key, value in tags.items()},
-    }
-    ok = example.outcome != "error"
-    spans = [_span(tid, 1, None, example.program, start, end, root_attrs, ok, example.error)]
-    if example.calls:
-        share = (end - start) // len(example.calls)
-        for index, call in enumerate(example.calls):
-            call_start = start + index * share
-            spans.append(
-                _span(
-                    tid,
-                    index + 2,
-                    1,
-                    f"LM {call.model}".strip(),
-                    call_start + 1,
-                    call_start + share - 1,
-                    _call_attrs(call),
-                    True,
-                    None,
-                )
-            )
-    return spans
+
+
+def _start_ns(example: TracedExample) -> int:
+    return round(example.started_at * 1e9)
 
 
 def _call_attrs(call: LMCall) -> dict[str, Any]:
@@ -214,14 +237,15 @@ def _assessments(example: TracedExample, tid: str) -> list[Any]:
     return made
 
 
-def _trace_info(example: TracedExample, tid: str, experiment_id: str, run_id: str) -> Any:
+def _trace_info(example: TracedExample, tid: str, experiment_id: str, run_id: str, assess: bool = True) -> Any:
     from mlflow.entities import TraceInfo, TraceLocation, TraceState
 
-    tokens = sum(c.prompt_tokens + c.completion_tokens for c in example.calls)
+    prompt, completion = (sum(c.prompt_tokens for c in example.calls), sum(c.completion_tokens for c in example.calls))
+    usage = {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
     return TraceInfo(
         trace_id=tid,
         trace_location=TraceLocation.from_experiment_id(experiment_id),
-        request_time=round(example.started_at * 1000),
+        request_time=_start_ns(example) // 1_000_000,
         execution_duration=round(example.latency_ms),
         state=TraceState.ERROR if example.outcome == "error" else TraceState.OK,
         request_preview=json.dumps({"symptoms": example.symptoms}, ensure_ascii=False)[:1000],
@@ -229,15 +253,10 @@ def _trace_info(example: TracedExample, tid: str, experiment_id: str, run_id: st
         trace_metadata={
             "mlflow.sourceRun": run_id,
             "mlflow.trace_schema.version": "3",
-            "mlflow.trace.tokenUsage": json.dumps({"total_tokens": tokens}),
+            "mlflow.trace.tokenUsage": json.dumps(usage),
         },
-        tags={
-            "evals.program": example.program,
-            "evals.example_id": example.example_id,
-            OUTCOME_TAG: example.outcome,
-            "mlflow.traceName": example.program,
-        },
-        assessments=_assessments(example, tid),
+        tags=trace_tags(example),
+        assessments=_assessments(example, tid) if assess else [],
     )
 
 
@@ -246,7 +265,7 @@ def log_traces(
     experiment_id: str,
     session_id: str,
     examples_by_run: Mapping[str, Sequence[TracedExample]],
-    limit: int = MAX_ASSESSED_TRACES,
+    limit: int | None = None,
     replace: bool = True,
 ) -> UploadStats:
     """Write one trace per example, linked to its run id (the program's nested run); idempotent.
@@ -256,7 +275,8 @@ def log_traces(
         experiment_id: The experiment the runs are in.
         session_id: The session id (part of every trace id).
         examples_by_run: Run id -> the examples evaluated in that run.
-        limit: The most traces that get assessments.
+        limit: The most traces that get assessments; None: all of them on a database store,
+            ``MAX_ASSESSED_TRACES`` through a server.
         replace: Delete traces with the same ids first (a repeated upload); a first upload skips it.
 
     Returns:
@@ -271,10 +291,18 @@ def log_traces(
         for example in examples
     ]
     tracing = client._tracing_client
+    store = database_store(tracing)
+    chosen = assessed(planned, (len(planned) if store is not None else MAX_ASSESSED_TRACES) if limit is None else limit)
     for chunk in _chunks([tid for _, _, tid in planned] if replace else [], DELETES_PER_CALL):
         tracing.delete_traces(experiment_id, trace_ids=list(chunk))
         stats.count("delete_traces")
-    spans = [Span.from_dict(d) for _, example, tid in planned for d in span_dicts(example, tid)]
+    if store is not None:  # trace infos first, in bulk: log_spans then only adds the spans
+        with_assessments = {tid for _, _, tid in chosen}
+        infos = [_trace_info(e, tid, experiment_id, run, tid in with_assessments) for run, e, tid in planned]
+        for chunk in _chunks(infos, TRACES_PER_TRANSACTION):
+            insert_traces(store, experiment_id, chunk)
+            stats.count("insert_traces")
+    spans = [Span.from_dict(d) for _, e, tid in planned for d in span_dicts(e, tid, tag_attrs=store is None)]
     for batch in _chunks(spans, SPANS_PER_BATCH):
         tracing.log_spans(experiment_id, list(batch))
         stats.count("log_spans")
@@ -283,11 +311,12 @@ def log_traces(
         for chunk in _chunks(ids, LINKS_PER_CALL):
             client.link_traces_to_run(list(chunk), run_id)
             stats.count("link_traces_to_run")
-    for run_id, example, tid in assessed(planned, limit):
-        tracing.start_trace(_trace_info(example, tid, experiment_id, run_id))
-        stats.count("start_trace")
+    if store is None:
+        for run_id, example, tid in chosen:
+            tracing.start_trace(_trace_info(example, tid, experiment_id, run_id))
+            stats.count("start_trace")
     stats.traces = len(planned)
-    stats.assessed = min(limit, len(planned))
+    stats.assessed = len(chosen)
     return stats
 
 

@@ -11,7 +11,8 @@ terminated *last*, so a terminated parent is a complete upload; a parent left ``
 interrupted upload is deleted and uploaded afresh. Params, tags and metrics go through
 ``log_batch``, files through ``log_artifacts``; the bundle's traces, program models and run inputs
 (``traces/``, ``models/``, ``inputs.json``) through :mod:`evals.store.native`: traces in bulk, a few
-calls per thousand examples, plus one per assessed trace up to a cap.
+calls per thousand examples with every trace's assessments on a database store; through a server,
+plus one call per assessed trace up to a cap (:mod:`evals.store.traces`).
 """
 
 from __future__ import annotations
