@@ -163,6 +163,9 @@ def versus_evaluate_row(plan: HttpPlan, tiny: HttpRun, harness: Sequence[HttpRun
     values = {
         "harness_s": harness_s,
         "evaluate_s": evaluate_s,
+        "harness_cpu_s": sum(run.process.cpu_s for run in harness) / len(harness),
+        "evaluate_cpu_s": sum(run.process.cpu_s for run in evaluate) / len(evaluate),
+        "harness_fixed_cpu_s": tiny.process.cpu_s,
         "lm_bound_s": bound,
         "harness_excess_s": harness_s - bound,
         "evaluate_excess_s": evaluate_s - bound,
@@ -174,7 +177,8 @@ def versus_evaluate_row(plan: HttpPlan, tiny: HttpRun, harness: Sequence[HttpRun
     notes = [
         f"{len(plan.programs)} programs × {harness[0].records // len(plan.programs)} examples at "
         f"{plan.latency_s:g} s a call, {plan.concurrency} in flight; mean of {len(harness)} runs each, palindromic",
-        "excess: wall less the LM-bound time; fixed cost: a one-call session less its call",
+        "excess: wall less the LM-bound time; fixed cost: a one-call session less its call; "
+        "cpu: user + system of the process tree (steadier than wall on a loaded machine)",
     ]
     notes += _problems("harness", harness) + _problems("dspy.Evaluate", evaluate)
     if {run.records for run in [*harness, *evaluate]} != {harness[0].records}:

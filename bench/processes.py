@@ -138,7 +138,11 @@ class TreeSampler:
 
 @dataclass(frozen=True)
 class ProcessRun:
-    """Wall time, exit status and peak memory of one subprocess tree."""
+    """Wall time, exit status, peak memory and CPU time of one subprocess tree.
+
+    ``cpu_s`` (user + system of the process and the descendants it waited for) depends less on
+    what else the machine runs than the wall time does.
+    """
 
     wall_s: float
     returncode: int
@@ -146,6 +150,7 @@ class ProcessRun:
     peak_pss_mib: float
     peak_processes: int
     log: Path
+    cpu_s: float = 0.0
 
 
 def run_process(
@@ -154,6 +159,7 @@ def run_process(
     """Run a command in its own process group, timing it and sampling its tree's memory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV)}
     with log.open("wb") as out:
+        before = _children_cpu_s()
         started = time.perf_counter()
         process = subprocess.Popen(
             list(command), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -166,9 +172,16 @@ def run_process(
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         wall = time.perf_counter() - started
-    return ProcessRun(
-        wall, returncode, sampler.peak_rss_kib / 1024, sampler.peak_pss_kib / 1024, sampler.peak_processes, log
-    )
+    peaks = (sampler.peak_rss_kib / 1024, sampler.peak_pss_kib / 1024, sampler.peak_processes)
+    return ProcessRun(wall, returncode, *peaks, log, _children_cpu_s() - before)
+
+
+def _children_cpu_s() -> float:
+    """User + system seconds of this process's children that have ended and been waited for."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def failure(what: str, run: ProcessRun) -> BenchError:

@@ -192,6 +192,15 @@ def test_children_file_and_ppid_scan_agree() -> None:
         process.wait()
 
 
+def test_run_process_counts_the_cpu_time_of_the_tree_not_its_sleep(tmp_path: Path) -> None:
+    spin = "import time; end = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"
+    busy = run_process([sys.executable, "-c", parent], tmp_path / "busy.log")
+    idle = run_process([sys.executable, "-c", "import time; time.sleep(0.5)"], tmp_path / "idle.log")
+    assert busy.cpu_s >= 0.4  # the grandchild's spin, waited for by its parent
+    assert idle.cpu_s < 0.4 <= idle.wall_s
+
+
 def test_run_process_times_a_command_without_the_evals_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,7 +251,7 @@ def test_synthetic_bundle_uploads_as_one_parent_run_with_artifacts(tmp_path: Pat
 
 def http_run(wall_s: float, *, records: int = 636, correct: int = 45, peak: int = 16, **statuses: int) -> HttpRun:
     server = ServerStats(records, peak, {"200": records, **{k.removeprefix("s"): v for k, v in statuses.items()}})
-    return HttpRun(process(wall_s), records, correct, server)
+    return HttpRun(ProcessRun(wall_s, 0, 100.0, 80.0, 1, Path("log"), cpu_s=wall_s / 2), records, correct, server)
 
 
 def test_http_plan_runs_the_harness_as_a_user_would_and_a_one_call_session() -> None:
@@ -283,6 +292,11 @@ def test_http_row_compares_walls_and_states_the_fixed_cost() -> None:
     assert row.values["harness_excess_s"] == pytest.approx(12.0)
     assert row.values["evaluate_excess_s"] == pytest.approx(9.0)
     assert row.values["harness_fixed_cost_s"] == pytest.approx(10.0)  # the one call's 0.5 s taken off
+    assert (row.values["harness_cpu_s"], row.values["evaluate_cpu_s"], row.values["harness_fixed_cpu_s"]) == (
+        16.0,
+        14.5,
+        5.25,
+    )
     assert row.values["harness_accuracy"] == pytest.approx(45 / 636)
     assert "3 programs × 212 examples" in row.note and "not answered" not in row.note
     faster = versus_evaluate_row(plan, tiny, [http_run(25.0)], [http_run(27.5)])
