@@ -225,29 +225,20 @@ def _run_merge(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from evals.merge import merge
-    from evals.results.report import ReportContext, render_terminal
+    from evals.results.report import render_terminal
+    from evals.results.terminal import terminal_report
 
     uri = args.tracking_uri or os.environ.get("EVALS_TRACKING_URI")
     merged = merge(args.bundles, tracking_uri=uri, out=args.out, no_mlflow=args.no_mlflow)
     summary, end = merged.summary, merged.end
-    html = end.bundle_dir / "artifacts" / "report.html" if end.bundle_dir else None
-    report = ReportContext(
-        title="symptom-diagnosis evals (merged)",
-        params=dict(summary.params),
-        metrics=summary.metrics,
-        checks=summary.checks,
-        records=summary.records,
-        confusion_pngs={},
-        mlflow_hint=end.mlflow_hint,
-        html_path=str(html) if html else None,
-        gains=summary.gains,
-        reference=summary.reference,
-    )
+    report = terminal_report(summary, end, "symptom-diagnosis evals (merged)")
     render_terminal(report, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
     lines = [f"incomplete: {reason}" for reason in summary.incomplete]
     lines += [f"registered {name} version {version} as 'candidate'" for name, version in end.registered.items()]
     lines += [*end.promotions, *(f"WARNING: {note}" for note in [*summary.notes, *end.notes])]
     lines += [f"ERROR: {line}" for line in summary.error_lines]
+    if merged.context.settings["no-mlflow"]:
+        lines.append("not logged to MLflow: --no-mlflow here, or --evals-no-mlflow in the shards")
     for line in lines:
         print(line)
     verdict = "pass" if summary.passed else "fail"

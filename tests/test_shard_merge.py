@@ -288,4 +288,7 @@ def test_merged_hand_built_shards_gate_the_union(tmp_path: Path, capsys: pytest.
     one, two = _shard_bundle(tmp_path, "a", "1/2"), _shard_bundle(tmp_path, "b", "2/2")
 
     assert main(["merge", str(one), str(two), "--out", str(tmp_path / "out"), "--no-mlflow"]) == 0
-    assert "merged session " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not logged to MLflow: --no-mlflow here, or --evals-no-mlflow in the shards" in out
+    assert "merged session " in out and "knn (n=22)" in out  # the union of 11 + 11 records
+    assert Bundle.load(_bundle(tmp_path / "out")).programs["knn"].metrics["n"] == 22

@@ -10,13 +10,11 @@ from evals.results.sections import sections
 from evals.results.summary import SessionSummary
 
 
-def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: Any) -> None:
-    """Print the per-program tables, worst diagnoses, checks and where the results are."""
-    from rich.console import Console
-
+def terminal_report(summary: SessionSummary, end: SessionEnd, title: str = "symptom-diagnosis evals") -> ReportContext:
+    """What :func:`~evals.results.report.render_terminal` prints of a finished session."""
     html = end.bundle_dir / "artifacts" / "report.html" if end.bundle_dir else None
-    context = ReportContext(
-        title="symptom-diagnosis evals",
+    return ReportContext(
+        title=title,
         params=dict(summary.params),
         metrics=summary.metrics,
         checks=summary.checks,
@@ -27,6 +25,13 @@ def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: A
         gains=summary.gains,
         reference=summary.reference,
     )
+
+
+def render_summary(summary: SessionSummary, end: SessionEnd, terminalreporter: Any) -> None:
+    """Print the per-program tables, worst diagnoses, checks and where the results are."""
+    from rich.console import Console
+
+    context = terminal_report(summary, end)
     terminalreporter.section("symptom-diagnosis evals")
     for name, params in summary.program_params.items():
         if "compile.action" in params:
