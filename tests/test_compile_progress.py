@@ -321,6 +321,35 @@ def test_a_failing_compile_ends_its_progress_as_failed(tiny_data_dir: Path) -> N
     assert final.state == "failed"
 
 
+def test_the_compile_cache_counts_the_calls_of_lm_copies(tmp_path: Path) -> None:
+    """MIPROv2 proposes with a copy of the LM, which keeps its own history: dspy's callbacks count those calls."""
+    import dspy
+    from dspy.utils.dummies import DummyLM
+
+    from evals.harness.compile_cache import get_or_compile
+
+    lm = DummyLM([{"answer": "x"}] * 10, adapter=dspy.JSONAdapter())
+
+    def compile() -> Any:
+        predict = dspy.Predict("question -> answer")
+        with dspy.context(lm=lm.copy(temperature=0.7), adapter=dspy.JSONAdapter()):
+            predict(question="q1")
+            predict(question="q2")
+        lm("one call on the session's LM itself")
+        return predict
+
+    _, event = get_or_compile(
+        cache_dir=tmp_path,
+        program="p+o",
+        parts={"program": "p"},
+        empty=lambda: dspy.Predict("question -> answer"),
+        compile=compile,
+        count_lm_calls=lambda: len(lm.history),
+        session_id="s",
+    )
+    assert len(lm.history) == 1 and event.lm_calls == 3
+
+
 # ----- sessions -----
 
 LM_CONFTEST = '''
@@ -422,7 +451,9 @@ def test_plain_pytest_shows_the_compile_and_a_cache_hit_shows_nothing(mipro_proj
     result = run(mipro_project, "-n", "0")
 
     result.stdout.fnmatch_lines([COMPILING, COMPILED])
-    assert len([line for line in result.outlines if line.startswith("evals: compiled ")]) == 1
+    (summary,) = [line for line in result.outlines if line.startswith("evals: compiled ")]
+    calls = summary.rsplit(", ", 1)[1].split()[0]  # the session's compile table counts the same calls
+    result.stdout.fnmatch_lines([f"zero_shot+mipro: compiled (* s, {calls} LM calls; key *"])
 
     again = run(mipro_project, "-n", "0")
 

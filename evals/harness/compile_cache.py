@@ -102,7 +102,8 @@ def get_or_compile(
         parts: Everything that changes the result, readable; hashed into the key.
         empty: Builds the uncompiled module the stored state loads into.
         compile: Runs the optimizer and returns the compiled module.
-        count_lm_calls: Returns the LM's call count so far (to log compile cost).
+        count_lm_calls: Returns the LM's call count so far (to log compile cost). dspy's callbacks
+            count too, so that calls to copies of the LM (which keep their own history) are in.
         session_id: With ``recompile``, an entry written by this session counts as fresh,
             so that only one worker recompiles.
         recompile: Ignore entries written by earlier sessions.
@@ -120,9 +121,13 @@ def get_or_compile(
             if module is not None:
                 event = CompileEvent(program, key, "loaded", time.perf_counter() - started, 0, str(path), os.getpid())
                 return module, event
+        from evals.harness.compile_progress import counting_lm_calls
+
         started, calls_before = time.perf_counter(), count_lm_calls()
-        module = compile()
-        duration, calls = time.perf_counter() - started, count_lm_calls() - calls_before
+        with counting_lm_calls() as counted:  # also the calls of LM copies (MIPROv2 proposes with one)
+            module = compile()
+        duration = time.perf_counter() - started
+        calls = max(count_lm_calls() - calls_before, counted())
         meta = {"session_id": session_id, "created_at": time.time(), "duration_s": duration, "lm_calls": calls}
         write_entry(path, key, parts, module.dump_state(), meta)
     return module, CompileEvent(program, key, "compiled", duration, calls, str(path), os.getpid())

@@ -282,6 +282,14 @@ def dspy_hooks(tracker: Tracker) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def counting_lm_calls() -> Iterator[Callable[[], int]]:
+    """Within: every LM call is counted (any LM, copies included); yields the count so far."""
+    tracker = Tracker()
+    with dspy_hooks(tracker):
+        yield lambda: tracker.lm_calls
+
+
 # ----- while it runs -----
 
 
