@@ -348,9 +348,9 @@ def _gone(pid: int, timeout_s: float = 20) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "sigkill"])
 def test_no_server_outlives_its_session(pytester: pytest.Pytester, sig: signal.Signals) -> None:
-    """SIGTERM (CI cancel, handled like Ctrl-C) stops the server; even SIGKILL leaves no orphan (stdin closes)."""
+    """Ctrl-C and SIGTERM (a CI cancel) stop the server; even SIGKILL leaves no orphan (its stdin closes)."""
     pytester.makepyfile(test_suite="import time\n\ndef test_slow(evals_lm):\n    time.sleep(60)\n")
     cache = pytester.path / "cache"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--evals-lm-server", "--evals-no-mlflow"]
