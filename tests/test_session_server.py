@@ -383,3 +383,19 @@ def test_a_server_that_does_not_start_stops_the_session_in_one_line_naming_its_l
     result.stderr.fnmatch_lines([f"Exit: {line}(log: *lm_server_*.log)"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert " passed" not in result.stdout.str()  # no test ran
+
+
+def test_a_served_lm_has_the_in_process_name_and_waits_behind_every_sharer() -> None:
+    """Same dspy.LM name (so one response cache); the server decodes one call at a time, so a call's
+    HTTP timeout allows one call of each process sharing it."""
+    from evals.lm.spec import build_lm, parse_lm_spec
+
+    spec = parse_lm_spec("smollm2", timeout_s=30)
+    local = build_lm(spec, cache=False)  # llama.cpp loads on first use: nothing loads here
+    served = build_lm(spec, cache=False, server={"api_base": "http://127.0.0.1:9/v1", "model": "llamacpp/x"}, sharers=4)
+
+    assert local.model.startswith("llamacpp/SmolLM2-135M-Instruct") and local.engine._llama is None
+    assert served.model == "llamacpp/x-" + spec.cache_key() and local.model.endswith("-" + spec.cache_key())
+    assert isinstance(served.engine, ServerEngine) and served.engine.timeout_s == 120
+    api = build_lm(parse_lm_spec("openai/gpt-4o-mini"), server={"api_base": "http://127.0.0.1:9/v1", "model": "m"})
+    assert not isinstance(api.engine, ServerEngine)  # only in-process specs are served

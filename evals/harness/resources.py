@@ -144,6 +144,7 @@ class Harness:
                 cache=not self.settings["no-cache"],
                 cache_dir=self.settings.path("cache-dir"),
                 server=self.lm_server,
+                sharers=workers,
             )
             if hasattr(lm.engine, "llama"):
                 lm.engine.llama  # noqa: B018 - load in-process models now: a bad file is one clear line, once

@@ -10,8 +10,9 @@ process (a llama.cpp grammar, or the MLX enum trie), so every answer fits the sc
 on threads and decoded one at a time under the engine's lock: one copy of the model. A bad
 request gets a 400 with an OpenAI-style JSON error; the server keeps serving.
 
-The controller starts it for ``--evals-lm-server`` (:mod:`evals.lm.server`); it can also be
-run by hand and reached as ``--evals-lm openai/<model> --evals-lm-api-base http://127.0.0.1:PORT/v1``.
+The controller starts it for ``--evals-lm-server`` (:mod:`evals.lm.server`). Run by hand, any
+OpenAI client can call it; the harness's workers use :class:`evals.lm.server.ServerEngine`, which
+always sends the answer's schema (litellm, given an unknown model name, may not).
 """
 
 from __future__ import annotations

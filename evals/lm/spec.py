@@ -103,6 +103,7 @@ def build_lm(
     cache: bool = True,
     cache_dir: Path | None = None,
     server: Mapping[str, str] | None = None,
+    sharers: int = 1,
 ) -> Any:
     """Build a ``dspy.LM`` for the spec (the model is loaded in this process where in process).
 
@@ -114,6 +115,8 @@ def build_lm(
         server: ``{"api_base", "model"}`` of the session's model server (``--evals-lm-server``): an
             llamacpp or mlx spec is then served by it, under the same ``dspy.LM`` name as in process,
             so answers and the response cache are the same, and this process loads no model.
+        sharers: How many processes share that server. It decodes one call at a time, so a call may
+            wait behind one call of each other process: its HTTP timeout is ``timeout_s`` per sharer.
     """
     import dspy
 
@@ -121,7 +124,7 @@ def build_lm(
     if spec.backend in IN_PROCESS and server:
         from evals.lm.server import ServerEngine
 
-        remote = ServerEngine(server["api_base"], timeout_s=spec.timeout_s)
+        remote = ServerEngine(server["api_base"], timeout_s=spec.timeout_s * max(sharers, 1))
         return dspy.LM(f"{server['model']}-{spec.cache_key()}", engine=remote, num_retries=0, **kwargs)
     if spec.backend in IN_PROCESS:
         model_id, engine = load_engine(spec, n_threads=n_threads, cache_dir=cache_dir)
