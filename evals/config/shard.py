@@ -7,9 +7,10 @@ tests from their shards. The rule, for an eval test of a program and a diagnosis
     shard = (crc32(program) + index of the diagnosis among the 22) mod N + 1
 
 so each program deals its 22 diagnoses round-robin over the N shards, starting at a shard
-chosen by its name: a shard holds 22/N tests of every program, rounded down or up (5 programs
-x 22 diagnoses over 4 shards: 27 to 28 tests each). Any other eval test (e.g. a robustness
-test of one program) goes to ``crc32(its node id) mod N + 1``.
+chosen by its name: a shard holds 22/N tests of every program, rounded down or up. The default
+6 programs (4 registered, 2 optimizer pairs) x 22 diagnoses over 4 shards: 32, 33, 34 and 33
+tests; over 2: 66 and 66. Any other eval test (e.g. a robustness test of one program) goes to
+``crc32(its node id) mod N + 1``; tests that are no eval tests run in every shard.
 """
 
 from __future__ import annotations
