@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,8 @@ def check_upload(uri: str, root: Path, n: int = 30) -> None:
     stats = log_traces(client, experiment, "session-1", {run: batch, other_run: examples(4, "knn_few_shot")})
     assert (stats.traces, stats.assessed) == (n + 4, n + 4)
     assert stats.calls["log_spans"] == math.ceil(2 * (n + 4) / traces.SPANS_PER_BATCH)
-    if uri.startswith("sqlite"):  # a database store: assessments in bulk, one transaction
-        assert stats.calls["insert_traces"] == 1 and "start_trace" not in stats.calls
+    if uri.startswith("sqlite"):  # a database store: trace infos, assessments and run links in bulk
+        assert stats.calls == {"delete_traces": 1, "insert_traces": 1, "log_spans": 1}  # delete: a retried upload
     else:  # a server has no bulk route: one start_trace per trace
         assert stats.calls["start_trace"] == n + 4 and "insert_traces" not in stats.calls
     found = client.search_traces(locations=[experiment], run_id=run, max_results=500)
@@ -106,7 +107,7 @@ def test_a_database_store_gets_every_trace_info_and_assessment_in_a_few_transact
     client, experiment, run = new_run(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     stats = log_traces(client, experiment, "s", {run: examples(12)}, replace=False)
     assert (stats.traces, stats.assessed) == (12, 12)
-    assert stats.calls == {"log_spans": 1, "link_traces_to_run": 1, "insert_traces": 3}
+    assert stats.calls == {"insert_traces": 3, "log_spans": 1}  # run links ride with the trace infos
     found = client.search_traces(locations=[experiment], run_id=run, max_results=100)
     assert sorted(len(t.info.assessments) for t in found) == [2] * 8 + [3] * 4
     by_id = {t.info.tags["evals.example_id"]: t.info for t in found}
@@ -116,6 +117,13 @@ def test_a_database_store_gets_every_trace_info_and_assessment_in_a_few_transact
     assert all(t.info.tags["mlflow.traceName"] == "zero_shot" for t in found)
     passed = client.search_traces(locations=[experiment], filter_string="feedback.correct = 'true'", max_results=100)
     assert len(passed) == 6
+    # Uploaded again (a retry): each trace once, linked to its run once.
+    assert log_traces(client, experiment, "s", {run: examples(12)}).calls["delete_traces"] == 1
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        links = db.execute("SELECT COUNT(*) FROM entity_associations WHERE destination_id = ?", (run,)).fetchone()
+        assessments = db.execute("SELECT COUNT(*) FROM assessments").fetchone()
+    assert (links[0], assessments[0]) == (12, 2 * 8 + 3 * 4)
+    assert len(client.search_traces(locations=[experiment], run_id=run, max_results=100)) == 12
 
 
 def _comparable(trace: object) -> tuple[object, ...]:

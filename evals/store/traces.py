@@ -7,16 +7,16 @@ linked to the program's nested run and carries tags to filter on (``evals.outcom
 (expectation), ``correct`` (feedback) and the invalid / error reason where there is one.
 
 Cost stays bounded. On a database store (``sqlite:///``, ``postgresql://``, …) the trace infos
-— tags, metadata and every trace's assessments — go in bulk, ``TRACES_PER_TRANSACTION`` per
-transaction (:mod:`evals.store.trace_rows`), then the spans through ``log_spans`` in batches,
-then run links in chunks of 100 (MLflow's limit). A server (``http://``) has no bulk route for
-trace infos in MLflow 3.17: spans go through ``log_spans`` (its OTLP endpoint) with the tags as
-``mlflow.traceTag.*`` root-span attributes, run links in chunks, and assessments in one
-``start_trace`` per trace (the way MLflow's own exporter finalises a trace) — ~37 ms each on a
-one-worker sqlite-backed server, 8 threads no faster (300 traces: 11.4 s vs 10.3 s) — so there
-at most ``MAX_ASSESSED_TRACES`` traces of a session get them: those that were not answered
-correctly first (what a user filters to), then the others in order. Every trace carries the
-tags either way.
+— tags, metadata, every trace's assessments and its run link — go in bulk,
+``TRACES_PER_TRANSACTION`` per transaction (:mod:`evals.store.trace_rows`), then the spans
+through ``log_spans`` in batches: a 10,000-example session of 3 programs in about 20 calls.
+A server (``http://``) has no bulk route for trace infos in MLflow 3.17: spans go through
+``log_spans`` (its OTLP endpoint) with the tags as ``mlflow.traceTag.*`` root-span attributes,
+run links in chunks of 100 (MLflow's limit), and assessments in one ``start_trace`` per trace
+(the way MLflow's own exporter finalises a trace) — ~37 ms each on a one-worker sqlite-backed
+server, 8 threads no faster (300 traces: 11.4 s vs 10.3 s) — so there at most
+``MAX_ASSESSED_TRACES`` traces of a session get them: those that were not answered correctly
+first (what a user filters to), then the others in order. Every trace carries the tags either way.
 
 Trace ids are derived from (session, program, example); an upload deletes those ids first,
 so an upload repeated after a failure (or a re-sync) writes each trace exactly once.
@@ -299,14 +299,15 @@ def log_traces(
     if store is not None:  # trace infos first, in bulk: log_spans then only adds the spans
         with_assessments = {tid for _, _, tid in chosen}
         infos = [_trace_info(e, tid, experiment_id, run, tid in with_assessments) for run, e, tid in planned]
+        run_of = {tid: run for run, _, tid in planned}
         for chunk in _chunks(infos, TRACES_PER_TRANSACTION):
-            insert_traces(store, experiment_id, chunk)
+            insert_traces(store, experiment_id, chunk, run_of)  # run links included
             stats.count("insert_traces")
     spans = [Span.from_dict(d) for _, e, tid in planned for d in span_dicts(e, tid, tag_attrs=store is None)]
     for batch in _chunks(spans, SPANS_PER_BATCH):
         tracing.log_spans(experiment_id, list(batch))
         stats.count("log_spans")
-    for run_id in examples_by_run:
+    for run_id in examples_by_run if store is None else ():
         ids = [tid for run, _, tid in planned if run == run_id]
         for chunk in _chunks(ids, LINKS_PER_CALL):
             client.link_traces_to_run(list(chunk), run_id)
