@@ -18,7 +18,7 @@ from rich.console import Console
 from evals.gates.thresholds import Check
 from evals.labels import DIAGNOSES
 from evals.records import ExampleRecord
-from evals.results.plots import confusion_png
+from evals.results.plots import confusion_figure, confusion_png
 from evals.results.report import (
     PREDICTION_COLUMNS,
     ReportContext,
@@ -224,3 +224,29 @@ def test_render_terminal_without_checks_or_hints(tmp_path: Path, ctx: ReportCont
     assert "FAIL" not in out and "PASS" not in out
     assert "MLflow" not in out and "HTML report" not in out
     assert "No thresholds were checked." in render_markdown(bare)
+
+
+def test_the_confusion_figure_shows_every_label_whole() -> None:
+    """Fixed margins (no tight_layout pass) must still fit the longest diagnosis names and every label."""
+    rng = random.Random(1)
+    records = [
+        ExampleRecord("p", f"t{i}", "x", d, rng.choice((*DIAGNOSES, None)), 1.0, 1, 1)
+        for i, d in enumerate(DIAGNOSES * 3)
+    ]
+    figure = confusion_figure(aggregate(records)["p"])
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    box = figure.bbox
+    texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_text")) if t.get_visible() and t.get_text()]
+    assert len(texts) > 2 * len(DIAGNOSES)
+    outside = [
+        t.get_text()
+        for t in texts
+        if not (
+            (extent := t.get_window_extent(renderer)).x0 >= box.x0 - 0.5
+            and extent.y0 >= box.y0 - 0.5
+            and extent.x1 <= box.x1 + 0.5
+            and extent.y1 <= box.y1 + 0.5
+        )
+    ]
+    assert outside == []
