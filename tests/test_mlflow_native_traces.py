@@ -212,3 +212,16 @@ def test_lm_spans_of_records_without_call_timings_split_the_example_evenly() -> 
             (1, 500_000_000 - 1),
             (500_000_001, 1_000_000_000 - 1),
         ]
+
+
+def test_only_mlflow_own_database_store_takes_the_bulk_path(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from evals.store.trace_rows import database_store
+
+    client, _, _ = new_run(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    assert database_store(client._tracing_client) is client._tracing_client.store
+    store = client._tracing_client.store
+    subclass = type("Scoped", (type(store),), {})  # e.g. the workspace-aware store
+    assert database_store(SimpleNamespace(store=object.__new__(subclass))) is None
+    assert database_store(SimpleNamespace(store=object())) is None  # a REST store, say

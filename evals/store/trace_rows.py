@@ -10,7 +10,8 @@ transaction, through the store's own ORM models and session. Spans follow throug
 
 This leans on MLflow's store internals (the rows of ``start_trace`` in MLflow 3.17);
 :func:`database_store` returns None — and the upload takes the public per-trace path — for a
-store that is not a ``SqlAlchemyStore`` or an MLflow whose internals are not the ones used here.
+store that is not exactly ``SqlAlchemyStore`` (e.g. the workspace-aware one) or an MLflow whose
+internals are not the ones used here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def database_store(tracing_client: Any) -> Any:
         from mlflow.store.tracking.utils import sql_trace_rollups, trace_analytics  # noqa: F401
     except ImportError:  # a skinny client, or an MLflow before 3.17's layout: the public path
         return None
-    if not isinstance(store, SqlAlchemyStore) or not hasattr(SqlTraceInfo, "trace_name"):
+    # Exactly MLflow's store: a subclass (the workspace-aware one) scopes rows in ways not copied here.
+    if type(store) is not SqlAlchemyStore or not hasattr(SqlTraceInfo, "trace_name"):
         return None
     if not hasattr(store, "_get_trace_artifact_location_tag") or not hasattr(store, "ManagedSessionMaker"):
         return None
