@@ -70,6 +70,8 @@ def measure(
 
     from evals.config.optimizers import check_pair, load_setup
     from evals.data import load_dataset, sample
+    from evals.harness.compile_progress import counting_lm_calls
+    from evals.harness.compile_sinks import stream_sink
     from evals.harness.optimize import compile_program
     from evals.scoring import diagnosis_match
     from programs.registry import OPTIMIZERS_FILE as CONFIG_FILE
@@ -93,9 +95,19 @@ def measure(
     started = time.perf_counter()
     before = accuracy(spec.build(full_train), program, test)
     say(f"{program}: accuracy {before:.3f} on {len(test)} test examples ({time.perf_counter() - started:.0f}s)")
-    calls, started = len(lm.history), time.perf_counter()
-    compiled = compile_program(config, spec.build(full_train), trainset, valset, diagnosis_match)
-    seconds, lm_calls = time.perf_counter() - started, len(lm.history) - calls
+    started = time.perf_counter()
+    # Every LM call, including those of LM copies (MIPROv2 proposes instructions with lm.copy()).
+    with counting_lm_calls() as calls:
+        compiled = compile_program(
+            config,
+            spec.build(full_train),
+            trainset,
+            valset,
+            diagnosis_match,
+            progress=stream_sink(sys.stderr),
+            name=f"{program}+{optimizer}",
+        )
+        seconds, lm_calls = time.perf_counter() - started, calls()
     say(
         f"{program}+{optimizer}: compiled in {seconds:.0f}s with {lm_calls} LM calls "
         f"({len(trainset)} train, {len(valset)} val examples)"
