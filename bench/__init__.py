@@ -34,8 +34,11 @@ from bench.children import (
 )
 from bench.common import PROMPT_REPEATS, SYNTHETIC_PROGRAMS, UPLOAD_REPEATS, UPLOAD_SIZES, BenchError
 from bench.http_lm import HTTP_ORDER, http_measures, http_rows
+from bench.merge import merge_row
 from bench.processes import ChildRun, HarnessRun, Plan, machine_info, run_child, run_harness
 from bench.results import BenchReport, Goal, Row, ratio, render_markdown
+from bench.rss import measure as rss_measure
+from bench.rss import rss_row
 
 # ----- the rows -----
 
@@ -228,6 +231,21 @@ def _llama_rows(plan: Plan, got: Got) -> list[RowSpec]:
     ]
 
 
+def single_step(key: str, what: str, measure: Callable[[Plan, Path], Row]) -> Callable[[Plan, Path], Any]:
+    """A section's ``measures`` of one step, ``measure(plan, fresh_directory)`` returning its Row."""
+
+    @contextmanager
+    def measures(plan: Plan, work: Path) -> Iterator[Measures]:
+        yield {key: (what, lambda directory: measure(plan, directory))}
+
+    return measures
+
+
+def single_row(key: str, name: str, goal: Goal) -> Callable[[Plan, Got], list[RowSpec]]:
+    """A section's ``rows``: the Row its one step ``key`` returned (``name`` and ``goal`` if it failed)."""
+    return lambda plan, got: [(name, goal, lambda: got(key)[0])]
+
+
 SECTIONS: dict[str, Section] = {
     section.name: section
     for section in (
@@ -245,30 +263,29 @@ SECTIONS: dict[str, Section] = {
             http_measures,
             http_rows,
         ),
-        # More sections plug in here, one entry each. A module with one function that measures into a
-        # fresh directory and returns its Row (bench/merge.py: merge time of 2 shards; bench/rss.py: peak
-        # RSS with the session server) is a section of one step and one row:
-        #   Section("merge", "merge time of 2 shards", ("merge",),
-        #           single_step("merge", "merge 2 shards", lambda plan, d: merge_row(d)),
-        #           single_row("merge", "merge time, 2 shards", Goal(...))),
+        # A module with one function that measures into a fresh directory and returns its Row is a
+        # section of one step and one row (single_step, single_row).
+        Section(
+            "merge",
+            "merge time of 2 shards (python -m evals merge) against the whole session, scripted LM",
+            ("merge",),
+            single_step("merge", "a whole session, 2 shards and their merge", lambda plan, d: merge_row(d)),
+            single_row("merge", "merge of 2 shards", Goal("<=", 0.25)),
+        ),
+        Section(
+            "rss",
+            "peak RSS of pytest suites -n 2 on the embedded model with and without --evals-lm-server",
+            ("rss",),
+            single_step(
+                "rss",
+                "pytest suites -n 2, in process and with the session server",
+                lambda plan, d: rss_row(rss_measure(d, per_diagnosis=plan.per_diagnosis, data_dir=plan.data_dir)),
+            ),
+            single_row("rss", "peak RSS -n 2 with vs without --evals-lm-server", Goal("<=", 1.0)),
+        ),
     )
 }
 """Every section, in the order ``python -m evals bench`` measures them (``--only`` picks some)."""
-
-
-def single_step(key: str, what: str, measure: Callable[[Plan, Path], Row]) -> Callable[[Plan, Path], Any]:
-    """A section's ``measures`` of one step, ``measure(plan, fresh_directory)`` returning its Row."""
-
-    @contextmanager
-    def measures(plan: Plan, work: Path) -> Iterator[Measures]:
-        yield {key: (what, lambda directory: measure(plan, directory))}
-
-    return measures
-
-
-def single_row(key: str, name: str, goal: Goal) -> Callable[[Plan, Got], list[RowSpec]]:
-    """A section's ``rows``: the Row its one step ``key`` returned (``name`` and ``goal`` if it failed)."""
-    return lambda plan, got: [(name, goal, lambda: got(key)[0])]
 
 
 def select_sections(only: str | None) -> list[Section]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.common import BenchError
 from bench.processes import ProcessRun, failure, run_process
+from bench.results import Goal, Row, ratio
 
 PROGRAM = "zero_shot"
 
@@ -77,6 +78,30 @@ def measure(work: Path, *, per_diagnosis: int = 1, data_dir: str | None = None) 
         "pss_ratio": round(with_server.process.peak_pss_mib / max(without.process.peak_pss_mib, 1e-9), 3),
         "same_records": without.records == with_server.records,
     }
+
+
+def rss_row(result: dict[str, Any]) -> Row:
+    """The bench row of :func:`measure`'s result: peak RSS with the session server / without it.
+
+    Raises:
+        BenchError: The two runs recorded different answers (the server must not change them).
+    """
+    if not result["same_records"]:
+        raise BenchError("pytest -n 2 recorded different answers with --evals-lm-server than without")
+    without, served = result["in_process"], result["session_server"]
+    values = {
+        "in_process_rss_mib": without["peak_rss_mib"],
+        "session_server_rss_mib": served["peak_rss_mib"],
+        "in_process_wall_s": without["wall_s"],
+        "session_server_wall_s": served["wall_s"],
+    }
+    return Row(
+        "peak RSS -n 2 with vs without --evals-lm-server",
+        values,
+        ratio(served["peak_rss_mib"], without["peak_rss_mib"]),
+        Goal("<=", 1.0),
+        "process tree of pytest suites -n 2 --evals-programs zero_shot; records equal",
+    )
 
 
 def peak_rss_with_session_server(

@@ -164,7 +164,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
         "--only",
         metavar="SECTIONS",
         help="Comma-separated sections to measure: llama (the embedded model), http (an OpenAI-compatible "
-        "server); default: all",
+        "server), merge (2 shards merged), rss (the session LM server's memory); default: all",
     )
     parser.add_argument(
         "--out",

@@ -376,7 +376,8 @@ def test_cli_only_names_the_sections_on_one_line(tmp_path: Path, capsys: pytest.
     from evals.__main__ import main
 
     assert main(["bench", "--only", "gpu", "--out", str(tmp_path / "b.json")]) == 2
-    assert capsys.readouterr().err == "error: --only 'gpu': expected sections among llama, http (comma-separated)\n"
+    expected = "error: --only 'gpu': expected sections among llama, http, merge, rss (comma-separated)\n"
+    assert capsys.readouterr().err == expected
     assert not (tmp_path / "b.json").exists()
 
 
@@ -404,3 +405,27 @@ def test_a_one_function_section_plugs_in_with_single_step_and_single_row(monkeyp
     ]
     assert report.rows[1].note == "not measured: rss: no /proc"
     assert lines == ["[1/2] merge 2 shards", "[2/2] peak RSS", "    failed: rss: no /proc"]
+
+
+def _memory(rss: float, wall: float) -> dict[str, float]:
+    return {"peak_rss_mib": rss, "peak_pss_mib": rss * 0.7, "peak_processes": 3, "wall_s": wall, "examples": 22}
+
+
+def test_the_rss_row_is_the_servers_peak_over_the_in_process_peak() -> None:
+    from bench.rss import rss_row
+
+    result = {"in_process": _memory(1069.6, 248.9), "session_server": _memory(1012.0, 428.9), "same_records": True}
+    row = rss_row(result)
+    assert row.ratio == pytest.approx(1012.0 / 1069.6, abs=1e-3) and row.met is True
+    assert row.values["session_server_wall_s"] == 428.9
+    worse = rss_row({**result, "session_server": _memory(1200.0, 400.0)})
+    assert worse.met is False
+    with pytest.raises(BenchError, match="different answers"):
+        rss_row({**result, "same_records": False})
+
+
+def test_every_section_is_selectable_by_name() -> None:
+    from bench import SECTIONS, select_sections
+
+    assert list(SECTIONS) == ["llama", "http", "merge", "rss"]
+    assert [section.name for section in select_sections("rss,merge")] == ["rss", "merge"]
