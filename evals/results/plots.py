@@ -109,9 +109,11 @@ def _label_axes(axes: Axes, m: ProgramMetrics) -> None:
     axes.set_xlabel("predicted", fontsize=9)
     axes.set_ylabel("gold", fontsize=9)
     axes.axvline(len(rows) - 0.5, color="0.4", linewidth=0.8)
-    # Faint gridlines between cells make rows easy to follow across 23 columns.
-    axes.set_xticks(np.arange(len(columns) + 1) - 0.5, minor=True)
-    axes.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
-    axes.grid(which="minor", color="0.9", linewidth=0.5)
-    axes.tick_params(which="minor", length=0)
+    # Faint gridlines between cells make rows easy to follow across 23 columns (two line collections:
+    # minor ticks would build ~50 tick objects for them, a fifth of the figure's time).
+    edges_x, edges_y = np.arange(len(columns) + 1) - 0.5, np.arange(len(rows) + 1) - 0.5
+    axes.vlines(edges_x, edges_y[0], edges_y[-1], color="0.9", linewidth=0.5, zorder=1.5)
+    axes.hlines(edges_y, edges_x[0], edges_x[-1], color="0.9", linewidth=0.5, zorder=1.5)
+    axes.set_xlim(edges_x[0], edges_x[-1])
+    axes.set_ylim(edges_y[-1], edges_y[0])
     axes.set_title(f"{m.program}: n={m.n}, accuracy={m.accuracy:.1%}", fontsize=11)
