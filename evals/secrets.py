@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 MASK = "***"
 """What a secret is replaced by."""
@@ -124,8 +124,22 @@ def scrub_text(text: str, environ: Mapping[str, str] = os.environ) -> str:
         text: Any text.
         environ: Environment whose secret-looking variables are masked (default: the process').
     """
+    return _scrub(text, secret_values(environ))
+
+
+def text_scrubber(environ: Mapping[str, str] = os.environ) -> Callable[[str], str]:
+    """:func:`scrub_text` with the environment's secrets read once, for cleaning many texts in a row.
+
+    Reading them walks (and decodes) the whole environment: once per text was a second of a
+    session's end for its 7,780 texts.
+    """
+    found = secret_values(environ)
+    return lambda text: _scrub(text, found)
+
+
+def _scrub(text: str, found: Sequence[str]) -> str:
     text = mask_url_credentials(text)
-    for secret in secret_values(environ):
+    for secret in found:
         text = text.replace(secret, MASK)
     text = ASSIGNMENT.sub(lambda match: match.group(1) + MASK, text)
     return KEY_SHAPES.sub(MASK, text)

@@ -208,3 +208,31 @@ def test_scrub_keeps_the_keys_and_never_leaks_a_planted_value(values: dict[str, 
 
     assert set(scrubbed) == set(planted)
     assert all(PLANTED not in value for value in scrubbed.values())
+
+
+def test_a_text_scrubber_reads_the_environment_once_and_masks_like_scrub_text() -> None:
+    from collections.abc import Iterator, Mapping
+
+    from evals.secrets import scrub_text, text_scrubber
+
+    class CountingEnviron(Mapping[str, str]):
+        def __init__(self, values: dict[str, str]) -> None:
+            self.values, self.walks = values, 0
+
+        def __getitem__(self, key: str) -> str:
+            return self.values[key]
+
+        def __iter__(self) -> Iterator[str]:
+            self.walks += 1
+            return iter(self.values)
+
+        def __len__(self) -> int:
+            return len(self.values)
+
+    environ = CountingEnviron({"OPENAI_API_KEY": "sk-live-0123456789abcdef", "HOME": "/home/me"})
+    scrub = text_scrubber(environ)
+    texts = [f"patient {i} said sk-live-0123456789abcdef at /home/me" for i in range(50)]
+    cleaned = [scrub(text) for text in texts]
+    assert environ.walks == 1
+    assert cleaned == [scrub_text(text, environ) for text in texts]
+    assert cleaned[0] == "patient 0 said *** at /home/me"

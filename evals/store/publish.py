@@ -43,9 +43,10 @@ class Published:
 
 def scrubber(redactor: Redactor | None) -> Callable[[str], str]:
     """Return a text function that masks secrets, then redacts personal data with ``redactor``."""
+    scrub = secrets.text_scrubber()
     if redactor is None:
-        return secrets.scrub_text
-    return lambda text: redactor.text(secrets.scrub_text(text))
+        return scrub
+    return lambda text: redactor.text(scrub(text))
 
 
 def clean_records(records: Iterable[ExampleRecord], clean: Callable[[str], str]) -> list[ExampleRecord]:
