@@ -241,10 +241,12 @@ def _run_merge(args: argparse.Namespace) -> int:
         lines.append("not logged to MLflow: --no-mlflow here, or --evals-no-mlflow in the shards")
     for line in lines:
         print(line)
-    verdict = "pass" if summary.passed else "fail"
+    # An incomplete shard (interrupted, a crashed worker) makes an incomplete session: never a pass.
+    passed = summary.passed and not summary.incomplete
+    verdict = "pass" if passed else ("incomplete" if summary.passed else "fail")
     run = f"; MLflow run {end.run_id}" if end.run_id else ""
     print(f"merged session {merged.context.session_id}: {verdict}{run}; bundle {end.bundle_dir}")
-    return 0 if summary.passed else 1
+    return 0 if passed else 1
 
 
 COMMANDS: dict[str, Command] = {

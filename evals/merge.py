@@ -11,6 +11,8 @@ with a nested run per program, candidates, ``--evals-promote`` when the shards h
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -138,6 +140,12 @@ def first_difference(a: ShardPart, b: ShardPart) -> tuple[str, Any, Any]:
         for key in sorted((set(left) | set(right)) - ignored):
             if left.get(key) != right.get(key):
                 return f"{kind} {key}", left.get(key), right.get(key)
+    for program in sorted(set(a.data["program_states"]) & set(b.data["program_states"])):
+        # The same compile key can still give different programs (sampled proposals of an API LM,
+        # compiled by each shard's own job): one program's records must come from one program.
+        mine, theirs = _digest(a.data["program_states"][program]), _digest(b.data["program_states"][program])
+        if mine != theirs:
+            return f"{program} compiled state (sha256; compile once and share .evals/cache)", mine, theirs
     shared: list[tuple[str, Any, Any]] = [
         ("dataset splits", a.data["manifest"].get("splits"), b.data["manifest"].get("splits")),
         ("thresholds file", _thresholds(a), _thresholds(b)),
@@ -148,6 +156,10 @@ def first_difference(a: ShardPart, b: ShardPart) -> tuple[str, Any, Any]:
         if mine != theirs:
             return name, _short(mine), _short(theirs)
     return "", None, None
+
+
+def _digest(state: Any) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _thresholds(part: ShardPart) -> dict[str, Any]:

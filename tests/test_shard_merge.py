@@ -292,3 +292,43 @@ def test_merged_hand_built_shards_gate_the_union(tmp_path: Path, capsys: pytest.
     assert "not logged to MLflow: --no-mlflow here, or --evals-no-mlflow in the shards" in out
     assert "merged session " in out and "knn (n=22)" in out  # the union of 11 + 11 records
     assert Bundle.load(_bundle(tmp_path / "out")).programs["knn"].metrics["n"] == 22
+
+
+def test_different_compiled_programs_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same compile key, different programs (each shard compiled its own): one program per merged session."""
+    one, two = _shard_bundle(tmp_path, "a", "1/2"), _shard_bundle(tmp_path, "b", "2/2")
+    for bundle, demo in ((one, "fever"), (two, "rash")):
+        data = json.loads((bundle / SHARD_FILE).read_text())
+        data["program_states"] = {"knn": {"predict": {"demos": [{"symptoms": demo}]}}}
+        (bundle / SHARD_FILE).write_text(json.dumps(data))
+
+    err = _merge_error(capsys, tmp_path, one, two)
+
+    assert err.startswith(f"error: cannot merge {one} and {two}: they differ in knn compiled state (sha256;")
+
+
+def test_an_interrupted_shard_never_merges_into_a_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one, two = _shard_bundle(tmp_path, "a", "1/2"), _shard_bundle(tmp_path, "b", "2/2")
+    data = json.loads((two / SHARD_FILE).read_text())
+    data["interrupted"], data["crashed_workers"] = True, ["gw1"]
+    (two / SHARD_FILE).write_text(json.dumps(data))
+
+    assert main(["merge", str(one), str(two), "--out", str(tmp_path / "out"), "--no-mlflow"]) == 1
+    out = capsys.readouterr().out
+    assert "incomplete: " in out and ": incomplete; bundle " in out
+
+
+def test_a_saved_robustness_case_runs_in_one_shard_only(tmp_path: Path) -> None:
+    """Tests that evaluate without a program parameter are dealt by node id; other tests run in every shard."""
+    from types import SimpleNamespace
+
+    from evals.plugin import in_shard
+
+    def item(nodeid: str, *fixtures: str) -> Any:
+        return SimpleNamespace(nodeid=nodeid, fixturenames=fixtures, callspec=SimpleNamespace(params={}))
+
+    shards = [parse_shard(f"{k}/3") for k in (1, 2, 3)]
+    case = item("suites/test_robustness.py::test_saved_counterexample[knn-test-0001]", "case", "evals_stability")
+    plain = item("suites/test_other.py::test_helper", "tmp_path")
+    assert sum(in_shard(case, shard) for shard in shards) == 1
+    assert all(in_shard(plain, shard) for shard in shards)

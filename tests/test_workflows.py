@@ -158,3 +158,15 @@ def test_python_m_evals_commands_parse(path: Path) -> None:
         words = shlex.split(step.get("run", ""))
         if words[:3] == ["python", "-m", "evals"]:
             build_parser().parse_args(words[3:])  # an unknown command or flag exits 2 here
+
+
+def test_re_run_shard_jobs_replace_their_artifacts() -> None:
+    """upload-artifact refuses an existing name in the run: "Re-run failed jobs" needs overwrite."""
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "evals.yml").read_text())
+    uploads = [
+        step
+        for job in workflow["jobs"].values()
+        for step in job["steps"]
+        if step.get("uses", "").startswith("actions/upload-artifact@")
+    ]
+    assert len(uploads) == 2 and all(step["with"].get("overwrite") is True for step in uploads)
