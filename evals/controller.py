@@ -165,7 +165,10 @@ class Controller:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.harness.stop_evaluations()
         if self.compile_watcher is not None:
-            self.compile_watcher.stop()  # a last look: the summary line of a compile that just ended
+            try:
+                self.compile_watcher.stop()  # a last look: the summary line of a compile that just ended
+            except Exception:  # noqa: BLE001 - a display error must not cost the session its results
+                pass
         if self.display is not None:
             self.display.clear()
         if not (self.gathered.records or self.gathered.stability):

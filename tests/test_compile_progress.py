@@ -467,3 +467,22 @@ def test_xdist_workers_compile_shows_on_the_controller(mipro_project: pytest.Pyt
     # One worker compiles (the other waits for the cache entry): its file, printed by the controller.
     result.stdout.fnmatch_lines([COMPILING, COMPILED])
     assert len([line for line in result.outlines if line.startswith("evals: compiled ")]) == 1
+
+
+def test_a_broken_display_never_costs_the_compile(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink whose writes fail (a closed terminal) and a plan that cannot be read: the program still compiles."""
+    import evals.harness.compile_progress as compile_progress
+
+    class Broken(Recorder):
+        def show(self, reading: CompileReading) -> None:
+            raise BrokenPipeError("terminal gone")
+
+        def finish(self, reading: CompileReading) -> None:
+            raise BrokenPipeError("terminal gone")
+
+    def unreadable(*args: Any) -> tuple[str, int | None]:
+        raise RuntimeError("an optimizer of a newer dspy")
+
+    monkeypatch.setattr(compile_progress, "plan", unreadable)
+    compiled = _compile("bootstrap_few_shot", tiny_data_dir, Broken())
+    assert compiled is not None

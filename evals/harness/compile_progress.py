@@ -340,4 +340,7 @@ def watching(
     finally:
         stop.set()
         thread.join()
-        sink.finish(reading(state))
+        try:
+            sink.finish(reading(state))
+        except Exception:  # noqa: BLE001 - the summary line is not worth a compile (or hiding its error)
+            pass

@@ -121,7 +121,10 @@ def compile_program(
         kwargs["valset"] = list(valset)
     if tracker is None:
         return optimizer.compile(student, **kwargs)
-    tracker.planned(*plan(config, optimizer, student, trainset, valset))
+    try:
+        tracker.planned(*plan(config, optimizer, student, trainset, valset))
+    except Exception:  # noqa: BLE001 - progress is a display: an optimizer it cannot read still compiles
+        tracker.planned("metric calls", None)
     with watching(progress, tracker, name or config.name, config.cls), dspy_hooks(tracker):
         return optimizer.compile(student, **kwargs)
 
