@@ -72,7 +72,7 @@ class Controller:
             self.slots_dir = Path(tempfile.mkdtemp(prefix="evals-slots-"))
             from evals.harness.compile_sinks import watch_compiles
 
-            self.compile_watcher = watch_compiles(self.config, self.slots_dir)
+            self.compile_watcher = watch_compiles(self.config, self.slots_dir, before_line=self.clear_display)
         node.workerinput["evals_slots_dir"] = str(self.slots_dir)
 
     @pytest.hookimpl(optionalhook=True)
@@ -117,6 +117,11 @@ class Controller:
         except LMUnavailable as exc:
             pytest.exit(str(exc), returncode=pytest.ExitCode.INTERRUPTED)
         self.harness.lm_server = self.server.for_workers()
+
+    def clear_display(self) -> None:
+        """Erase the example progress shown in place (before a line of the workers' compiles)."""
+        if self.display is not None:
+            self.display.clear()
 
     def show_progress(self) -> None:
         """Examples done and calls in flight: this process's, or the xdist workers' files summed."""

@@ -486,3 +486,21 @@ def test_a_broken_display_never_costs_the_compile(tiny_data_dir: Path, monkeypat
     monkeypatch.setattr(compile_progress, "plan", unreadable)
     compiled = _compile("bootstrap_few_shot", tiny_data_dir, Broken())
     assert compiled is not None
+
+
+def test_the_controller_erases_its_example_progress_before_each_compile_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import evals.harness.compile_sinks as compile_sinks
+
+    events: list[str] = []
+    writers = dataclasses.replace(Screen(tty=True).writers, line=lambda text: events.append(f"line {text}"))
+    monkeypatch.setattr(compile_sinks, "terminal_writers", lambda config: writers)
+    watcher = compile_sinks.watch_compiles(object(), tmp_path, before_line=lambda: events.append("clear"))
+    assert watcher is not None
+    FileSink(tmp_path, "gw0").finish(reading(elapsed_s=40, done=11, state="compiled"))
+    watcher.stop()
+
+    assert events == ["clear", f"line {compile_line(reading(elapsed_s=40, done=11, state='compiled'))}"]

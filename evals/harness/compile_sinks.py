@@ -184,10 +184,22 @@ def worker_sink(directory: Path, worker: str) -> FileSink:
     return FileSink(directory, worker, every_s=min(FILE_EVERY_S, progress_interval()))
 
 
-def watch_compiles(config: Any, directory: Path) -> CompileWatcher | None:
-    """The xdist controller's watcher of the workers' compile files, started (None without a terminal reporter)."""
+def watch_compiles(
+    config: Any, directory: Path, before_line: Callable[[], None] = lambda: None
+) -> CompileWatcher | None:
+    """The xdist controller's watcher of the workers' compile files, started (None without a terminal reporter).
+
+    ``before_line`` runs before each line (the controller erases its example progress shown in place).
+    """
     writers = terminal_writers(config)
-    return None if writers is None else CompileWatcher(directory, writers.line, every_s=progress_interval()).start()
+    if writers is None:
+        return None
+
+    def write_line(text: str) -> None:
+        before_line()
+        writers.line(text)
+
+    return CompileWatcher(directory, write_line, every_s=progress_interval()).start()
 
 
 def stream_sink(stream: TextIO, *, tty: bool | None = None) -> TerminalSink:
