@@ -29,6 +29,7 @@ from evals.results.summary import summarize
 from evals.store.schema import SHARD_FILE, Bundle
 from evals.store.view import StoreView
 from tests.contexts import make_context, records
+from tests.test_plugin import store_runs
 
 TIMING = ("latency",)
 """Metric and column names (prefixes) that measure time: the only ones a merge may not reproduce."""
@@ -146,27 +147,15 @@ def test_two_shards_merged_equal_the_whole_session(eval_project: pytest.Pytester
     assert merged.session.params["shard.count"] == "2" and merged.session.params["xdist.workers"] == "3"
     for name in ("zero_shot", "knn_few_shot"):  # fingerprints over the union, as the whole session's
         assert merged.programs[name].params == whole_session.programs[name].params
-    # One parent MLflow run with a nested run per program, like the whole session's.
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{eval_project.path / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    parents = [
-        r
-        for r in runs
-        if r.data.tags.get("evals.session_id") == merged.session_id and "mlflow.parentRunId" not in r.data.tags
-    ]
+    # One parent MLflow run with a nested run per program, like the whole session's (read in a fresh
+    # interpreter: pytester unloads the modules MLflow's SQLAlchemy store imports in this process).
+    all_parents, runs = store_runs(f"sqlite:///{eval_project.path / 'mlflow.db'}")
+    parents = [r for r in all_parents if r["tags"].get("evals.session_id") == merged.session_id]
     assert len(parents) == 1
-    assert {
-        r.data.tags.get("evals.program")
-        for r in runs
-        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
-    } == {
-        "zero_shot",
-        "knn_few_shot",
-    }
+    nested = {r["tags"].get("evals.program") for r in runs if r["tags"].get("mlflow.parentRunId") == parents[0]["id"]}
+    assert nested == {"zero_shot", "knn_few_shot"}
     # The shards logged nothing: the whole session and the merged one are the only parents.
-    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 2
+    assert len(all_parents) == 2
 
 
 def test_a_shard_gates_nothing_the_merge_fails_the_session(eval_project: pytest.Pytester, tmp_path: Path) -> None:
