@@ -1,4 +1,4 @@
-"""Helpers shared by the in-process engines (llama.cpp and mlx): chat messages and the answer schema."""
+"""Helpers shared by the engines (llama.cpp, mlx, the session server's client): messages, schema, answers."""
 
 from __future__ import annotations
 
@@ -23,3 +23,22 @@ def json_schema(response_format: Any) -> dict[str, Any] | None:
         return response_format["schema"]
     nested = response_format.get("json_schema")
     return nested.get("schema") if isinstance(nested, dict) else None
+
+
+def openai_response(result: dict[str, Any], model: str) -> Any:
+    """A dspy ``Response`` of an OpenAI-style chat completion (llama.cpp's, or the session server's)."""
+    from dspy.lm15 import Message, Response, TextPart, Usage
+
+    choice = result["choices"][0]
+    usage = result.get("usage") or {}
+    return Response(
+        id=result.get("id"),
+        model=result.get("model", model),
+        message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+        usage=Usage(
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+        ),
+    )

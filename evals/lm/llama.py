@@ -13,7 +13,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from evals.lm.chat import chat_messages, json_schema
+from evals.lm.chat import chat_messages, json_schema, openai_response
 
 N_CTX = 4096
 
@@ -47,25 +47,11 @@ class LlamaCppEngine:
         return self._llama
 
     def complete(self, request: Any) -> Any:
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
         messages = chat_messages(request)
         options = _options(request.config)
         with self._lock:
             result = self.llama.create_chat_completion(messages=messages, **options)
-        choice = result["choices"][0]
-        usage = result.get("usage") or {}
-        return Response(
-            id=result.get("id"),
-            model=result.get("model", self.model_path),
-            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"),
-                output_tokens=usage.get("completion_tokens"),
-                total_tokens=usage.get("total_tokens"),
-            ),
-        )
+        return openai_response(result, self.model_path)
 
     def stream(self, request: Any) -> Any:
         from dspy.lm15 import response_to_events

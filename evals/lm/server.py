@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.errors import ConfigError, LMUnavailable
-from evals.lm.chat import chat_messages, json_schema
+from evals.lm.chat import chat_messages, json_schema, openai_response
 
 STARTUP_TIMEOUT_S = 300.0
 """How long the model may take to load (converting ``mlx:smollm2`` the first time included)."""
@@ -139,22 +139,8 @@ class ServerEngine:
         self.timeout_s = timeout_s
 
     def complete(self, request: Any) -> Any:
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
         result = self.post("/chat/completions", openai_body(request))
-        choice = result["choices"][0]
-        usage = result.get("usage") or {}
-        return Response(
-            id=result.get("id"),
-            model=result.get("model", ""),
-            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"),
-                output_tokens=usage.get("completion_tokens"),
-                total_tokens=usage.get("total_tokens"),
-            ),
-        )
+        return openai_response(result, "")
 
     def stream(self, request: Any) -> Any:
         from dspy.lm15 import response_to_events
