@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import QUICK_DIAGNOSES, SYNTHETIC_PROGRAMS, BenchError
-from bench.processes import Plan, ProcessRun, failure, read_predictions, run_child, run_process
+from bench.processes import Plan, ProcessRun, failure, read_predictions, run_child, run_process, session_outputs
 from bench.results import Goal, Row, ratio
 from evals.labels import DIAGNOSES, slug
 
@@ -84,19 +84,7 @@ class HttpPlan:
             "--evals-programs",
             self.programs[0] if tiny else ",".join(self.programs),
             "--evals-no-cache",
-            "--evals-cache-dir",
-            str(work / "cache"),
-            "--evals-report-dir",
-            str(work / "reports"),
-            "--evals-spool-dir",
-            str(work / "spool"),
-            "--evals-tracking-uri",
-            f"sqlite:///{work}/mlflow.db",
-            "--evals-no-mlflow",
-            "--evals-trigger",
-            "local",
-            "-o",
-            f"cache_dir={work / 'pytest-cache'}",
+            *session_outputs(work),
         ]
         return command + (["--evals-data-dir", self.data_dir] if self.data_dir else [])
 

@@ -229,6 +229,25 @@ class HarnessRun:
     lm_call_s: float
 
 
+def session_outputs(work: Path, cache_dir: Path | None = None) -> list[str]:
+    """Arguments that keep a measured session's caches, reports and store under ``work`` (MLflow off)."""
+    return [
+        "--evals-cache-dir",
+        str(cache_dir or work / "cache"),
+        "--evals-report-dir",
+        str(work / "reports"),
+        "--evals-spool-dir",
+        str(work / "spool"),
+        "--evals-tracking-uri",
+        f"sqlite:///{work}/mlflow.db",
+        "--evals-no-mlflow",
+        "--evals-trigger",
+        "local",
+        "-o",
+        f"cache_dir={work / 'pytest-cache'}",
+    ]
+
+
 def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir: Path | None = None) -> HarnessRun:
     """``pytest suites -n WORKERS`` on the plan, with its own cache, report and MLflow directories.
 
@@ -249,19 +268,7 @@ def run_harness(plan: Plan, work: Path, workers: str, *, cache: bool, cache_dir:
         plan.program,
         "--evals-per-diagnosis",
         str(plan.per_diagnosis),
-        "--evals-cache-dir",
-        str(cache_dir or work / "cache"),
-        "--evals-report-dir",
-        str(work / "reports"),
-        "--evals-spool-dir",
-        str(work / "spool"),
-        "--evals-tracking-uri",
-        f"sqlite:///{work}/mlflow.db",
-        "--evals-no-mlflow",
-        "--evals-trigger",
-        "local",
-        "-o",
-        f"cache_dir={work / 'pytest-cache'}",
+        *session_outputs(work, cache_dir),
     ]
     command += ["--evals-data-dir", plan.data_dir] if plan.data_dir else []
     command += [] if cache else ["--evals-no-cache"]

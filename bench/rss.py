@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchError
-from bench.processes import ProcessRun, failure, run_process
+from bench.processes import ProcessRun, failure, run_process, session_outputs
 from bench.results import Goal, Row, ratio
 
 PROGRAM = "zero_shot"
@@ -48,8 +48,7 @@ def harness_command(work: Path, *, server: bool, per_diagnosis: int, data_dir: s
     """``pytest suites -n 2`` on ``zero_shot`` with its own cache and reports, the LM cache off."""
     command = [sys.executable, "-m", "pytest", "suites", "-n", "2", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
     command += ["--evals-programs", PROGRAM, "--evals-per-diagnosis", str(per_diagnosis), "--evals-no-cache"]
-    command += [f"--evals-cache-dir={work / 'cache'}", f"--evals-report-dir={work / 'reports'}", "--evals-no-mlflow"]
-    command += ["--evals-trigger", "local", "--evals-spool-dir", str(work / "spool")]
+    command += session_outputs(work)
     command += [f"--evals-data-dir={data_dir}"] if data_dir else []
     command += ["--evals-lm-server"] if server else []
     return command
