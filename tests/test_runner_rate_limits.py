@@ -11,6 +11,7 @@ from evals.data import Example
 from evals.harness.limiter import UNLIMITED, Limiter, LocalSlots
 from evals.harness.runner import MAX_RATE_LIMIT_BACKOFF_S, RetryPolicy, run_one
 from evals.records import ExampleRecord
+from tests.test_runner import FakeClock
 
 EXAMPLE = Example("test-0001", "itchy red rash after eating peanuts", "allergy")
 
@@ -21,19 +22,6 @@ class LMRateLimitError(Exception):
     def __init__(self, retry_after: float | None = 2.0) -> None:
         super().__init__("[openai/fake] Rate limit reached for requests")
         self.retry_after = retry_after
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.delays: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        self.now += seconds
 
 
 class Scripted:
