@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,15 @@ from evals.harness.compile_progress import CompileReading, Tracker, compile_line
 from evals.harness.compile_sinks import CompileWatcher, FileSink, TerminalSink, stream_sink
 from evals.harness.optimize import compile_program
 from evals.harness.progress import CLEAR_TO_END, TerminalWriters, progress_interval
-from tests.test_optimizers import CONFIG_FILE, MAGIC, PROGRAMS, _examples, _gold, _instruction_following_lm
+from tests.test_optimizers import (
+    CONFIG_FILE,
+    MAGIC,
+    PROGRAMS,
+    _examples,
+    _gold,
+    _instruction_following_lm,
+    with_optimizers,
+)
 
 
 def reading(**changes: Any) -> CompileReading:
@@ -418,23 +425,8 @@ evaluate: []
 @pytest.fixture
 def mipro_project(eval_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """eval_project compiling zero_shot with MIPROv2 on the scripted LM, progress every 0.05 s."""
-    project = eval_project
-    (project.path / "optimizers.yaml").write_text(textwrap.dedent(MIPRO_YAML))
-    fake = project.path / "fake.gguf"
-    fake.write_text("not a model")
-    ini = project.path / "tox.ini"
-    ini.write_text(
-        ini.read_text().replace("evals_programs = zero_shot", "evals_programs = zero_shot+mipro")
-        + textwrap.dedent(f"""
-        evals_optimizers = optimizers.yaml
-        evals_lm = llamacpp:{fake}
-        evals_per_diagnosis = 1
-        evals_no_mlflow = true
-        """)
-    )
-    project.makeconftest(LM_CONFTEST)
     monkeypatch.setenv("EVALS_PROGRESS_INTERVAL", "0.05")
-    return project
+    return with_optimizers(eval_project, MIPRO_YAML, LM_CONFTEST, programs="zero_shot+mipro")
 
 
 COMPILING = "evals: compiling zero_shot+mipro (MIPROv2): */11 trials, *LM calls, 0:0*"

@@ -524,13 +524,23 @@ def cache_project(eval_project: pytest.Pytester) -> pytest.Pytester:
     The LM spec names a file that is not a model, so anything that reaches the real LM instead of the
     scripted one fails at once (as invalid answers) rather than running a model for minutes.
     """
-    project = eval_project
-    (project.path / "optimizers.yaml").write_text(textwrap.dedent(OPTIMIZERS_YAML))
+    return with_optimizers(eval_project, OPTIMIZERS_YAML, DUMMY_CONFTEST)
+
+
+def with_optimizers(
+    project: pytest.Pytester, optimizers_yaml: str, conftest: str, programs: str | None = None
+) -> pytest.Pytester:
+    """``project`` with an optimizers.yaml, a scripted-LM conftest, one example per diagnosis, no MLflow
+    and an LM spec that names a file that is not a model (``programs`` replaces the selected programs)."""
+    (project.path / "optimizers.yaml").write_text(textwrap.dedent(optimizers_yaml))
     fake = project.path / "fake.gguf"
     fake.write_text("not a model")
     ini = project.path / "tox.ini"
+    text = ini.read_text()
+    if programs is not None:
+        text = text.replace("evals_programs = zero_shot", f"evals_programs = {programs}")
     ini.write_text(
-        ini.read_text()
+        text
         + textwrap.dedent(f"""
         evals_optimizers = optimizers.yaml
         evals_lm = llamacpp:{fake}
@@ -538,7 +548,7 @@ def cache_project(eval_project: pytest.Pytester) -> pytest.Pytester:
         evals_no_mlflow = true
         """)
     )
-    project.makeconftest(DUMMY_CONFTEST)
+    project.makeconftest(conftest)
     return project
 
 
