@@ -29,6 +29,7 @@ from tests.fake_openai import (
     fake_openai_fixture,  # noqa: F401 - registers the fake_openai fixture
     fake_openai_process,
     get_json,
+    keep_alive_round_trip_ms,
     requested_fields,
 )
 
@@ -166,6 +167,13 @@ def test_sixteen_threads_overlap_on_the_server(fake_openai: FakeOpenAI, engine: 
     assert stats["total"] == 16 and stats["statuses"] == {"200": 16} and stats["in_flight"] == 0
     assert stats["peak_in_flight"] >= 8
     assert all(end - start >= 0.3 for start, end, _ in stats["records"])
+
+
+def test_a_kept_alive_connection_answers_without_a_delayed_ack_stall(fake_openai: FakeOpenAI) -> None:
+    # A reply is written as headers then body; without TCP_NODELAY each call on a kept-alive connection
+    # waited for the client's delayed ACK: 44 ms median here, against 0.4 ms with it.
+    body = {"model": "fake", "messages": [{"role": "system", "content": "x" * 6000}, {"role": "user", "content": "?"}]}
+    assert keep_alive_round_trip_ms(fake_openai.base_url, body) < 20
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -28,6 +28,7 @@ from evals.errors import ConfigError
 from evals.lm.serve import ChatRequest, EngineServer
 from evals.lm.server import ServerEngine, start_session_server
 from tests.conftest import SHARED_DATA, SUITE, THRESHOLDS
+from tests.fake_openai import keep_alive_round_trip_ms
 
 ENUM_SCHEMA = {
     "type": "object",
@@ -109,6 +110,12 @@ def test_the_server_hands_the_engine_the_schema_and_the_settings(fake: tuple[Eng
     assert engine.requests[-1].config.response_format is None
     with urllib.request.urlopen(f"{server.api_base}/models", timeout=10) as response:
         assert json.loads(response.read())["data"][0]["id"] == "llamacpp/fake"
+
+
+def test_a_kept_alive_connection_answers_without_a_delayed_ack_stall(fake: tuple[EngineServer, FakeEngine]) -> None:
+    server, _ = fake  # every worker's calls reuse one connection: 44 ms a call without TCP_NODELAY
+    body = {"model": "llamacpp/fake", "messages": [{"role": "system", "content": "x" * 6000}, *USER[1:]]}
+    assert keep_alive_round_trip_ms(server.api_base, body) < 20
 
 
 @pytest.mark.parametrize(

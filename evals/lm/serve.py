@@ -190,6 +190,9 @@ class EngineServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: EngineServer
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: a reply goes out as headers then body; on a kept-alive connection Nagle's algorithm
+    # would hold the body until the client's delayed ACK of the headers (up to 40 ms a call).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server interface
         if self.path.rstrip("/") == "/v1/models":
