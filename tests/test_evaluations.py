@@ -16,25 +16,30 @@ from evals.harness.limiter import UNLIMITED, Limiter
 from evals.harness.prefetch import SequentialLookahead
 from evals.harness.runner import RetryPolicy
 from tests.test_prefetch import FakeItem, eval_item
+from tests.test_runner_rate_limits import ScriptedLM
 
 DIAGNOSES = ("allergy", "migraine", "malaria", "dengue", "typhoid")
 
 
 class Program:
-    """Answers the gold label after ``seconds``; counts calls in flight."""
+    """Answers the gold label after an LM call of ``seconds``; counts LM calls in flight."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.lock = seconds, threading.Lock()
         self.now = self.peak = 0
+        self.lm = ScriptedLM(self.call)
 
     def __call__(self, *, symptoms: str) -> dspy.Prediction:
+        self.lm(prompt=symptoms)
+        return dspy.Prediction(diagnosis=symptoms.split()[-1])
+
+    def call(self) -> None:
         with self.lock:
             self.now += 1
             self.peak = max(self.peak, self.now)
         time.sleep(self.seconds)
         with self.lock:
             self.now -= 1
-        return dspy.Prediction(diagnosis=symptoms.split()[-1])
 
 
 class Source:

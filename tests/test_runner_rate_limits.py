@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import dspy
 import pytest
+from dspy.utils.callback import with_callbacks
 
 from evals.data import Example
 from evals.harness.limiter import UNLIMITED, Limiter, LocalSlots
@@ -24,8 +25,21 @@ class LMRateLimitError(Exception):
         self.retry_after = retry_after
 
 
+class ScriptedLM(dspy.BaseLM):
+    """An LM whose every call is the program's next scripted step (dspy's callbacks see it as an LM call)."""
+
+    def __init__(self, step: Callable[[], object]) -> None:
+        super().__init__(model="scripted")
+        self.step = step
+
+    @with_callbacks
+    def __call__(self, prompt: str | None = None, messages: object = None, **kwargs: object) -> list[str]:
+        self.step()
+        return ['{"diagnosis": "allergy"}']
+
+
 class Scripted:
-    """Each call takes ``seconds`` on the fake clock and raises the next scripted error (then answers)."""
+    """Each LM call takes ``seconds`` on the fake clock and raises the next scripted error (then answers)."""
 
     def __init__(
         self,
@@ -36,15 +50,19 @@ class Scripted:
     ) -> None:
         self.clock, self.errors, self.seconds, self.forever = clock, list(errors), seconds, forever
         self.calls = 0
+        self.lm = ScriptedLM(self.step)
 
     def __call__(self, *, symptoms: str) -> dspy.Prediction:
+        self.lm(prompt=symptoms)
+        return dspy.Prediction(diagnosis="allergy")
+
+    def step(self) -> None:
         self.calls += 1
         self.clock.now += self.seconds
         if self.errors:
             raise self.errors.pop(0)()
         if self.forever is not None:
             raise self.forever()
-        return dspy.Prediction(diagnosis="allergy")
 
 
 def run(program: Scripted, clock: FakeClock, policy: RetryPolicy, **kwargs: object) -> ExampleRecord:
@@ -98,9 +116,9 @@ def test_each_attempt_holds_a_ticket_and_a_429_tells_the_limiter() -> None:
     seen: list[int] = []
 
     class Watching(Scripted):
-        def __call__(self, *, symptoms: str) -> dspy.Prediction:
+        def step(self) -> None:
             seen.append(gate.stats().in_flight)
-            return super().__call__(symptoms=symptoms)
+            super().step()
 
     record = run(Watching(clock, [LMRateLimitError] * 2), clock, RetryPolicy(), gate=gate)
     assert record.error is None and record.rate_limited == 2

@@ -54,6 +54,15 @@ def concurrency_for(setting: int | None, backend: str, slots_dir: Path | None = 
     return Concurrency(setting, slots_dir if setting else None)
 
 
+def prefetch_threads(limit: int) -> int:
+    """Threads that evaluate examples ahead for a cap of ``limit`` calls: more than ``limit``.
+
+    A slot is held only while a call is in flight (:mod:`evals.harness.admission`); the extra
+    threads format the next prompts and parse the last answers meanwhile, so the slots stay full.
+    """
+    return limit + max(2, limit // 2)
+
+
 def make_gate(concurrency: Concurrency) -> Gate:
     """The process's gate: shared slot files under xdist, a local counter alone, none without a cap."""
     if not concurrency.concurrent:
@@ -101,7 +110,7 @@ class Evaluations:
         self.started = time.monotonic()
         self._prefetcher: Prefetcher[ExampleRecord] | None = None
         if concurrency.concurrent:
-            self._prefetcher = Prefetcher(concurrency.limit, self._prepare, on_done=self.counter.add_done)
+            self._prefetcher = Prefetcher(prefetch_threads(concurrency.limit), self._prepare, self.counter.add_done)
 
     def records(self, item: Any, program: str, diagnosis: str) -> list[ExampleRecord]:
         """The records of ``program`` on ``diagnosis``'s examples, in example order."""

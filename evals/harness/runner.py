@@ -20,7 +20,8 @@ from typing import Any
 
 from evals.calls import CallRecorder, total_cost
 from evals.data import Example
-from evals.harness.limiter import UNLIMITED, Gate, Outcome, rate_limit_delay
+from evals.harness.admission import Admissions, GateFailed, SlotTimeout
+from evals.harness.limiter import UNLIMITED, Gate, rate_limit_delay
 from evals.labels import DIAGNOSIS_SET
 from evals.records import ExampleRecord
 
@@ -106,11 +107,12 @@ def run_one(
 ) -> ExampleRecord:
     """Run one example with retries within the budget; never raises for LM or parse failures.
 
-    Each attempt holds one admission of ``gate`` (the session's cap on LM calls in flight). An
-    HTTP 429 is retried after the ``Retry-After`` the provider asked for, without using up one
-    of ``retry.attempts``, for as long as the budget allows; it is counted on the record
+    Each LM call of an attempt holds one admission of ``gate`` (the session's cap on LM calls in
+    flight, :mod:`evals.harness.admission`): formatting the prompt and parsing the answer hold
+    none. An HTTP 429 is retried after the ``Retry-After`` the provider asked for, without using
+    up one of ``retry.attempts``, for as long as the budget allows; it is counted on the record
     (``rate_limited``). The record's ``latency_ms`` is the wall time of the whole example from
-    its first call: every attempt and wait, but not the wait for the first admission.
+    its first admitted call: every attempt and wait, but not the wait for the first admission.
     """
     import dspy
 
@@ -124,19 +126,21 @@ def run_one(
         if started is not None and not retry.allows(clock() - started, delay, slowest):
             break
         sleep(delay)
-        admission = gate.acquire(None if started is None else retry.slot_wait_s(clock() - started, slowest))
-        if admission is None:  # no slot came free early enough for the attempt to end within the budget
-            break
-        if started is None:
-            started = clock()
-        attempts += 1
+        deadline = None if started is None else clock() + retry.slot_wait_s(clock() - started, slowest)
+        admissions = Admissions(gate, deadline, clock)
         attempt_started = clock()
         try:
-            with dspy.track_usage() as usage, recorder.recording():
+            with admissions.scope(), dspy.track_usage() as usage, recorder.recording():
                 prediction = program(symptoms=example.symptoms)
+        except SlotTimeout:  # no slot came free early enough for the attempt to end within the budget
+            break
+        except GateFailed as broken:  # not the LM's failure: the session's cap could not be kept
+            raise broken.__cause__ or broken from None
         except Exception as exc:  # any LM/adapter failure becomes a recorded error
+            attempts += 1
+            if started is None:
+                started = admissions.first_admitted or attempt_started
             after = rate_limit_delay(exc)
-            admission.release(Outcome.FAILED if after is None else Outcome.RATE_LIMITED)
             error, down = error_line(exc), lm_down_reason(exc)
             slowest = max(slowest, clock() - attempt_started)
             if after is not None:
@@ -148,7 +152,9 @@ def run_one(
                 break
             delay = retry.backoff_s * 2 ** (failures - 1)
             continue
-        admission.release(Outcome.ANSWERED)
+        attempts += 1
+        if started is None:
+            started = admissions.first_admitted or attempt_started
         record = _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
         return with_calls(replace(record, rate_limited=rate_limited), recorder, wall_start)
     failed = ExampleRecord(
