@@ -25,6 +25,7 @@ from evals.errors import ConfigError
 from evals.harness.models import program_model
 from evals.harness.params import program_params, program_state, session_params
 from evals.harness.resources import Harness
+from evals.lifecycle import FINISH_MODULES, evaluates, freeze_for_exit, imports, owns_process, warm
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
 from evals.results.finish import SessionEnd, finish
 from evals.results.shard import shard_of, shard_summary
@@ -153,6 +154,10 @@ class Controller:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Iterator[None]:
+        # Only a session that is its process's program: pytester restores sys.modules after an in-process
+        # run, and a module a warm thread imported there would be imported again, twice in one process.
+        if owns_process(self.config) and not session.config.option.collectonly and any(map(evaluates, session.items)):
+            self.warm_up()
         try:
             result = yield
         except KeyboardInterrupt:
@@ -166,6 +171,14 @@ class Controller:
             # Like pytest-cov: fail the session here, print the red lines in the terminal summary.
             session.testsfailed += len(self.summary.error_lines) if self.summary else 0
         return result
+
+    def warm_up(self) -> None:
+        """What the session's end needs and the tests do not change, done while they wait on the LM."""
+        harness = self.harness
+        modules: tuple[str, ...] = FINISH_MODULES
+        if self.config.pluginmanager.has_plugin("hypothesispytest"):  # its terminal summary imports this
+            modules += ("hypothesis.internal.observability",)
+        warm(lambda: harness.environment, lambda: harness.dataset_manifest, imports(modules))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.harness.stop_evaluations()
@@ -183,6 +196,7 @@ class Controller:
             self.summarize()
         assert self.context is not None and self.summary is not None
         self.end = finish(self.context, self.summary)
+        freeze_for_exit(self.config)  # written: a process that ends with the session need not collect its garbage
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.sigterm is not None:
@@ -231,7 +245,7 @@ class Controller:
             compile_events=tuple(events),
             crashed_workers=tuple(gathered.crashed_workers),
             interrupted=gathered.interrupted,
-            manifest=harness.loaded_dataset.manifest(),
+            manifest=harness.dataset_manifest,
             params=params,
             program_params=per_program,
             program_states={name: program_state(harness, name, p) for name, p in per_program.items()},

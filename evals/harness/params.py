@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from evals.config.optimizers import split_name
-from evals.environment import environment_params
 from evals.gates.drift import lm_fingerprint_of, sample_fingerprint
 from evals.records import ExampleRecord
 from evals.store.schema import FINGERPRINT_PARAM, SAMPLE_PARAM, SOURCE_HASH_PARAM
@@ -19,7 +18,7 @@ def session_params(harness: Harness, thresholds_sha256: str, workers: int) -> di
     """LM spec, dataset, sample, thresholds file, worker count, git facts and package versions."""
     settings = harness.settings
     dataset = harness.loaded_dataset
-    splits = dataset.manifest()["splits"]  # hashes every split: compute it once
+    splits = harness.dataset_manifest["splits"]
     params = {
         **harness.lm_spec().params(),
         "dataset.source": dataset.source,
@@ -34,7 +33,7 @@ def session_params(harness: Harness, thresholds_sha256: str, workers: int) -> di
         "thresholds.sha256": thresholds_sha256,
         "xdist.workers": str(workers),
     }
-    params.update(environment_params(settings.rootdir))
+    params.update(harness.environment)
     return params
 
 

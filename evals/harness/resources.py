@@ -115,6 +115,18 @@ class Harness:
         return load_dataset(self.settings.path("data-dir") if data_dir else None, seed=self.settings["seed"])
 
     @cached_property
+    def dataset_manifest(self) -> dict[str, Any]:
+        """The dataset's :meth:`~evals.data.SymptomDataset.manifest` (it hashes every split: once a session)."""
+        return self.loaded_dataset.manifest()
+
+    @cached_property
+    def environment(self) -> dict[str, str]:
+        """Git facts and package versions of the session (:func:`evals.environment.environment_params`)."""
+        from evals.environment import environment_params
+
+        return environment_params(self.settings.rootdir)
+
+    @cached_property
     def sampled_examples(self) -> tuple[Example, ...]:
         """The sampled examples of the evaluated split (sampled once per process; every test reads it)."""
         from evals.data import sample

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from evals.harness.resources import Harness
+from evals.lifecycle import freeze_for_exit
 
 
 class Worker:
@@ -43,3 +44,4 @@ class Worker:
         self.config.workeroutput["evals"] = {  # type: ignore[attr-defined]
             "compile_events": [event.to_dict() for event in self.harness.compile_events]
         }
+        freeze_for_exit(self.config)  # the worker's process ends with its session: no garbage to collect
