@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,26 +52,29 @@ def test_a_pytest_process_warms_its_end_and_exits_without_a_last_collection(eval
 
 
 def test_a_session_inside_another_program_frees_its_garbage_as_usual(eval_project: pytest.Pytester) -> None:
+    # pytest.main() from a program (a notebook, a script): the program goes on after the session.
     eval_project.makeconftest(DUMMY_CONFTEST + "\nimport sys\n" + WATCH)
-    frozen_before = __import__("gc").get_freeze_count()
-    result = eval_project.runpytest_inprocess("-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
-    assert outcome(result.outlines, "EXIT ") == {"owns": False, "frozen": frozen_before}
+    args = ["-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider"]
+    result = eval_project.run(sys.executable, "-c", f"import sys, pytest; sys.exit(pytest.main({args!r}))")
+    assert result.ret == 0, result.stdout.str()
+    assert outcome(result.outlines, "WARM ") == {"agg": False}  # no warm thread: its end imports what it needs
+    assert outcome(result.outlines, "EXIT ") == {"owns": False, "frozen": 0}
 
 
-def test_owns_process_needs_pytest_as_main_with_the_session_arguments(
-    pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_owns_process_needs_pytest_as_main_with_the_session_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SimpleNamespace(invocation_params=SimpleNamespace(args=("suites", "-q")))
     main = type(sys)("__main__")
     main.__file__ = "/venv/bin/pytest"
     monkeypatch.setitem(sys.modules, "__main__", main)
-    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", *pytestconfig.invocation_params.args])
-    assert owns_process(pytestconfig)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", "suites", "-q"])
+    assert owns_process(config)  # type: ignore[arg-type]
     monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", "other", "args"])
-    assert not owns_process(pytestconfig)  # pytest.main() from a program, with its own arguments
+    assert not owns_process(config)  # type: ignore[arg-type]  # pytest.main() with its own arguments
     main.__file__ = "/venv/bin/jupyter-kernel"
-    monkeypatch.setattr(sys, "argv", ["/venv/bin/jupyter-kernel", *pytestconfig.invocation_params.args])
-    assert not owns_process(pytestconfig) and not freeze_for_exit(pytestconfig)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/jupyter-kernel", "suites", "-q"])
+    assert not owns_process(config) and not freeze_for_exit(config)  # type: ignore[arg-type]
+    worker = SimpleNamespace(invocation_params=config.invocation_params, workerinput={"workerid": "gw0"})
+    assert owns_process(worker)  # type: ignore[arg-type]  # an xdist worker ends with its session
 
 
 def test_warm_runs_every_thunk_whatever_fails_and_imports_load_modules() -> None:
