@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import dspy
 import pytest
@@ -11,7 +12,7 @@ from evals.data import Example
 from evals.harness.admission import Admissions, SlotTimeout, outcome
 from evals.harness.evaluations import prefetch_threads
 from evals.harness.limiter import UNLIMITED, Limiter, LocalSlots, Outcome
-from evals.harness.runner import run_one
+from evals.harness.runner import RetryPolicy, run_one
 from tests.test_runner import FakeClock
 from tests.test_runner_rate_limits import LMRateLimitError, ScriptedLM
 
@@ -56,18 +57,18 @@ def test_without_a_cap_no_callback_is_added() -> None:
         assert type(dspy.settings.callbacks[0]).__name__ == "Admit"  # first: a waiting call has not started
 
 
-def test_the_first_admission_starts_the_latency_not_the_program() -> None:
+def test_waits_for_slots_are_not_latency_and_the_programs_own_time_is() -> None:
     clock = FakeClock()
 
     class Queued:
-        """The first ticket comes after 30 s (the example waited behind others)."""
+        """Every ticket comes after 30 s (each call waits behind other examples' calls)."""
 
         def acquire(self, timeout: float | None = None) -> object:
             clock.now += 30
             return Limiter(LocalSlots(1)).try_acquire()
 
     class Formats:
-        """Formatting takes 2 s before the call, the call 1.5 s."""
+        """Formatting takes 2 s, then two LM calls of 1.5 s each."""
 
         def __init__(self) -> None:
             self.lm = ScriptedLM(lambda: setattr(clock, "now", clock.now + 1.5))
@@ -75,10 +76,43 @@ def test_the_first_admission_starts_the_latency_not_the_program() -> None:
         def __call__(self, *, symptoms: str) -> dspy.Prediction:
             clock.now += 2
             self.lm(prompt=symptoms)
+            self.lm(prompt=symptoms)
             return dspy.Prediction(diagnosis="allergy")
 
     record = run_one(Formats(), "p", EXAMPLE, gate=Queued(), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
-    assert record.latency_ms == pytest.approx(1_500)
+    assert record.latency_ms == pytest.approx(5_000)  # as a sequential run measures it; the 60 s of queue left out
+
+
+def test_a_long_wait_for_the_first_slot_does_not_use_up_the_budget_of_a_retry() -> None:
+    clock = FakeClock()
+    calls: list[float] = []
+
+    class SlowQueue:
+        """The first ticket comes after 200 s, the next at once."""
+
+        def acquire(self, timeout: float | None = None) -> object:
+            if not calls:
+                clock.now += 200
+            return Limiter(LocalSlots(1)).try_acquire()
+
+    def call() -> None:
+        calls.append(clock.now)
+        clock.now += 60
+        if len(calls) == 1:
+            raise ConnectionResetError("reset")
+
+    class Program:
+        lm = ScriptedLM(call)
+
+        def __call__(self, *, symptoms: str) -> dspy.Prediction:
+            self.lm(prompt=symptoms)
+            return dspy.Prediction(diagnosis="allergy")
+
+    policy = RetryPolicy(attempts=3, backoff_s=0.5, budget_s=300, call_timeout_s=120)
+    record = run_one(Program(), "p", EXAMPLE, gate=SlowQueue(), retry=policy, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    # 60 s of a failed call + 0.5 s + a 120 s time-out fit in 300 s: the 200 s in the queue are not the example's.
+    assert (record.attempts, record.error, record.predicted) == (2, None, "allergy")
+    assert record.latency_ms == pytest.approx(120_500)
 
 
 def test_a_call_past_the_deadline_is_stopped_before_it_is_sent() -> None:
@@ -90,7 +124,7 @@ def test_a_call_past_the_deadline_is_stopped_before_it_is_sent() -> None:
     admissions = Admissions(gate, deadline=0.0, clock=lambda: 1.0)
     with pytest.raises(SlotTimeout), admissions.scope():
         lm(prompt="x")
-    assert sent == [] and admissions.first_admitted is None
+    assert sent == [] and admissions.waited_s == 0.0
     held.release(Outcome.ANSWERED)
     assert gate.stats().in_flight == 0
 
@@ -116,7 +150,7 @@ def test_a_broken_gate_fails_the_example_instead_of_sending_the_call_uncapped() 
 
 def test_calls_from_threads_of_one_attempt_each_take_a_slot() -> None:
     gate = Limiter(LocalSlots(4))
-    barrier = threading.Barrier(3)
+    barrier = threading.Barrier(3, timeout=5)
     lm = ScriptedLM(barrier.wait)  # three calls in flight at once, or the barrier never opens
     admissions = Admissions(gate)
     with admissions.scope():
@@ -154,6 +188,28 @@ def test_admissions_left_behind_are_given_back() -> None:
     with admissions.scope():
         admissions.start("a call whose end is never reported")
         assert gate.stats().in_flight == 1
+    assert gate.stats().in_flight == 0
+
+
+def test_a_call_still_running_on_another_thread_keeps_its_slot_until_it_ends() -> None:
+    gate = Limiter(LocalSlots(2))
+    release = threading.Event()
+    lm = ScriptedLM(lambda: release.wait(5))
+    admissions = Admissions(gate)
+    with admissions.scope():
+        callbacks = dspy.settings.callbacks
+
+        def straggler() -> None:
+            with dspy.context(callbacks=callbacks):
+                lm(prompt="x")
+
+        thread = threading.Thread(target=straggler)
+        thread.start()
+        while gate.stats().in_flight == 0 and thread.is_alive():
+            time.sleep(0.01)
+    assert gate.stats().in_flight == 1  # the program returned; its straggling call is still in flight
+    release.set()
+    thread.join(5)
     assert gate.stats().in_flight == 0
 
 

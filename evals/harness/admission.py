@@ -6,7 +6,8 @@ parsed: against a server at 0.5 s a call, 16 slots kept only ~14 calls in flight
 :class:`Admissions` is a dspy callback scoped to one attempt of one example: each LM call takes
 an admission when it starts (``on_lm_start``, after the prompt is built) and gives it back when
 it ends (``on_lm_end``), with the outcome the limiter's window needs (answered, rate limited,
-failed). Every LM the program reaches is gated, whoever built it.
+failed). Every LM call made in the program's dspy context is gated, whoever built the LM (a
+thread the program starts itself, outside dspy's context, is not).
 
 When no slot comes free before the attempt's deadline (a retry that could no longer end within
 the example's budget), the call is stopped before it is sent with :class:`SlotTimeout`; when
@@ -44,12 +45,19 @@ class Admissions:
         gate: The session's gate (:class:`~evals.harness.limiter.Limiter`, or ``UNLIMITED``).
         deadline: Clock time after which no call is admitted any more (``None``: wait as long as it takes).
         clock: The clock of ``deadline`` (the runner's).
+
+    Attributes:
+        admitted: Calls admitted (sent) so far.
+        waited_s: Seconds the attempt's own thread waited for slots: not the program's time, so
+            the runner leaves it out of the example's latency and of its slowest attempt.
     """
 
     def __init__(self, gate: Gate, deadline: float | None = None, clock: Callable[[], float] = time.perf_counter):
         self.gate, self.deadline, self.clock = gate, deadline, clock
-        self.first_admitted: float | None = None
-        self._held: dict[str, Admission] = {}
+        self.waited_s = 0.0
+        self.admitted = 0
+        self._owner = threading.current_thread()
+        self._held: dict[str, tuple[Admission, threading.Thread]] = {}
         self._lock = threading.Lock()
 
     @contextmanager
@@ -65,34 +73,43 @@ class Admissions:
             with dspy.context(callbacks=[_callback(self), *dspy.settings.callbacks]):
                 yield self
         finally:
-            self.release_all()
+            self.release_left_behind()
 
     def start(self, call_id: str) -> None:
         """Wait for an admission for the call ``call_id``; :class:`SlotTimeout` past the deadline."""
-        timeout = None if self.deadline is None else max(0.0, self.deadline - self.clock())
+        began = self.clock()
+        timeout = None if self.deadline is None else max(0.0, self.deadline - began)
         try:
             admission = self.gate.acquire(timeout)
         except Exception as exc:
             raise GateFailed(str(exc)) from exc
+        finally:
+            if threading.current_thread() is self._owner:
+                self.waited_s += self.clock() - began
         if admission is None:
             raise SlotTimeout(f"no LM call slot came free within {timeout:.1f} s")
         with self._lock:
-            if self.first_admitted is None:
-                self.first_admitted = self.clock()
-            self._held[call_id] = admission
+            self.admitted += 1
+            self._held[call_id] = (admission, threading.current_thread())
 
     def end(self, call_id: str, exception: BaseException | None) -> None:
         """Give the call's admission back with how it ended."""
         with self._lock:
-            admission = self._held.pop(call_id, None)
-        if admission is not None:
-            admission.release(outcome(exception))
+            held = self._held.pop(call_id, None)
+        if held is not None:
+            held[0].release(outcome(exception))
 
-    def release_all(self) -> None:
-        """Give back admissions whose call never reported its end (as failed: the window does not move)."""
+    def release_left_behind(self) -> None:
+        """At the attempt's end: give back (as failed) admissions whose call can no longer report its end.
+
+        Those of this thread and of threads that are gone. A call still running on another thread
+        (a ``dspy.Parallel`` straggler the program did not wait for) keeps its slot until its end.
+        """
+        current = threading.current_thread()
         with self._lock:
-            held, self._held = list(self._held.values()), {}
-        for admission in held:
+            gone = [key for key, (_, thread) in self._held.items() if thread is current or not thread.is_alive()]
+            left = [self._held.pop(key)[0] for key in gone]
+        for admission in left:
             admission.release(Outcome.FAILED)
 
 

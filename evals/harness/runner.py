@@ -111,38 +111,46 @@ def run_one(
     flight, :mod:`evals.harness.admission`): formatting the prompt and parsing the answer hold
     none. An HTTP 429 is retried after the ``Retry-After`` the provider asked for, without using
     up one of ``retry.attempts``, for as long as the budget allows; it is counted on the record
-    (``rate_limited``). The record's ``latency_ms`` is the wall time of the whole example from
-    its first admitted call: every attempt and wait, but not the wait for the first admission.
+    (``rate_limited``). The record's ``latency_ms`` is the wall time of the whole example, every
+    attempt and backoff wait included, less the waits for call slots (the session's queue, not
+    the program); the budget counts the same time.
     """
     import dspy
 
     error: str | None = None
     down: str | None = None
     attempts = failures = rate_limited = 0
-    slowest = delay = 0.0
+    slowest = delay = waited = 0.0
     started: float | None = None
     recorder, wall_start = CallRecorder(), time.time()  # this example's LM calls, for its MLflow trace
+
+    def elapsed() -> float:
+        return 0.0 if started is None else clock() - started - waited
+
     while True:
-        if started is not None and not retry.allows(clock() - started, delay, slowest):
+        if started is not None and not retry.allows(elapsed(), delay, slowest):
             break
         sleep(delay)
-        deadline = None if started is None else clock() + retry.slot_wait_s(clock() - started, slowest)
+        deadline = None if started is None else clock() + retry.slot_wait_s(elapsed(), slowest)
         admissions = Admissions(gate, deadline, clock)
         attempt_started = clock()
+        if started is None:
+            started = attempt_started
         try:
             with admissions.scope(), dspy.track_usage() as usage, recorder.recording():
                 prediction = program(symptoms=example.symptoms)
         except SlotTimeout:  # no slot came free early enough for the attempt to end within the budget
+            waited += admissions.waited_s
+            attempts += 1 if admissions.admitted else 0  # a later call of the attempt: its first ones were sent
             break
         except GateFailed as broken:  # not the LM's failure: the session's cap could not be kept
             raise broken.__cause__ or broken from None
         except Exception as exc:  # any LM/adapter failure becomes a recorded error
             attempts += 1
-            if started is None:
-                started = admissions.first_admitted or attempt_started
+            waited += admissions.waited_s
+            slowest = max(slowest, clock() - attempt_started - admissions.waited_s)
             after = rate_limit_delay(exc)
             error, down = error_line(exc), lm_down_reason(exc)
-            slowest = max(slowest, clock() - attempt_started)
             if after is not None:
                 rate_limited += 1
                 delay = after or min(retry.backoff_s * 2 ** (rate_limited - 1), MAX_RATE_LIMIT_BACKOFF_S)
@@ -153,9 +161,8 @@ def run_one(
             delay = retry.backoff_s * 2 ** (failures - 1)
             continue
         attempts += 1
-        if started is None:
-            started = admissions.first_admitted or attempt_started
-        record = _record(program_name, example, prediction, (clock() - started) * 1000, _tokens(usage), attempts)
+        waited += admissions.waited_s
+        record = _record(program_name, example, prediction, elapsed() * 1000, _tokens(usage), attempts)
         return with_calls(replace(record, rate_limited=rate_limited), recorder, wall_start)
     failed = ExampleRecord(
         program_name,
@@ -163,7 +170,7 @@ def run_one(
         example.symptoms,
         example.diagnosis,
         None,
-        0.0 if started is None else (clock() - started) * 1000,
+        elapsed() * 1000,
         error=error,
         attempts=attempts,
         lm_down=down,
