@@ -60,6 +60,7 @@ class Controller:
         self.slots_dir: Path | None = None  # the session's call slots and workers' progress (xdist)
         self.display: Any = None
         self.compile_watcher: Any = None  # the workers' compiles, printed from their progress files (xdist)
+        self.warmed = False
 
     # ----- xdist plumbing -----
 
@@ -151,13 +152,13 @@ class Controller:
             cast("list[dict[str, Any]]", value) for key, value in report.user_properties if key == RECORDS_PROPERTY
         ]
         self.gathered.records.extend(ExampleRecord.from_dict(item) for batch in batches for item in batch)
+        if batches:
+            self.warm_up()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Iterator[None]:
-        # Only a session that is its process's program: pytester restores sys.modules after an in-process
-        # run, and a module a warm thread imported there would be imported again, twice in one process.
-        if owns_process(self.config) and not session.config.option.collectonly and any(map(evaluates, session.items)):
-            self.warm_up()
+        if not session.config.option.collectonly and any(map(evaluates, session.items)):
+            self.warm_up()  # under xdist the controller collects nothing: it warms at the first records
         try:
             result = yield
         except KeyboardInterrupt:
@@ -173,7 +174,14 @@ class Controller:
         return result
 
     def warm_up(self) -> None:
-        """What the session's end needs and the tests do not change, done while they wait on the LM."""
+        """What the session's end needs and the tests do not change, done while they wait on the LM (once).
+
+        Only in a session that is its process's program: pytester restores ``sys.modules`` after an
+        in-process run, and a module a warm thread imported there would be imported twice in one process.
+        """
+        if self.warmed or not owns_process(self.config):
+            return
+        self.warmed = True
         harness = self.harness
         modules: tuple[str, ...] = FINISH_MODULES
         if self.config.pluginmanager.has_plugin("hypothesispytest"):  # its terminal summary imports this

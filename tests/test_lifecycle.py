@@ -41,9 +41,14 @@ def outcome(lines: list[str], tag: str) -> dict[str, object]:
     return found[-1]
 
 
-def test_a_pytest_process_warms_its_end_and_exits_without_a_last_collection(eval_project: pytest.Pytester) -> None:
+@pytest.mark.parametrize("xdist", [[], ["-n", "1"]], ids=["no-xdist", "xdist-1"])
+def test_a_pytest_process_warms_its_end_and_exits_without_a_last_collection(
+    eval_project: pytest.Pytester, xdist: list[str]
+) -> None:
+    # Under xdist the controller collects nothing: it warms when the first records reach it.
     eval_project.makeconftest(DUMMY_CONFTEST + "\nimport sys\n" + WATCH)
-    result = eval_project.runpytest_subprocess("-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider")
+    args = ["-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider", *xdist]
+    result = eval_project.runpytest_subprocess(*args)
     result.assert_outcomes(passed=1)
     lines = result.outlines
     assert outcome(lines, "WARM ") == {"agg": True}
