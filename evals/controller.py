@@ -26,6 +26,7 @@ from evals.harness.models import program_model
 from evals.harness.params import program_params, program_state, session_params
 from evals.harness.resources import Harness
 from evals.lifecycle import FINISH_MODULES, evaluates, freeze_for_exit, imports, owns_process, warm
+from evals.lm.spec import IN_PROCESS
 from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
 from evals.results.finish import SessionEnd, finish
 from evals.results.shard import shard_of, shard_summary
@@ -176,10 +177,12 @@ class Controller:
     def warm_up(self) -> None:
         """What the session's end needs and the tests do not change, done while they wait on the LM (once).
 
+        Only while the session waits on an LM reached over HTTP: an in-process model (or the session's
+        model server on this machine) keeps the cores busy, and the same work would only move earlier.
         Only in a session that is its process's program: pytester restores ``sys.modules`` after an
         in-process run, and a module a warm thread imported there would be imported twice in one process.
         """
-        if self.warmed or not owns_process(self.config):
+        if self.warmed or not owns_process(self.config) or self.harness.lm_spec().backend in IN_PROCESS:
             return
         self.warmed = True
         harness = self.harness

@@ -3,9 +3,10 @@
 * :func:`warm`: the end of a session writes its tables with pandas and renders the confusion
   PNGs with matplotlib (their first imports and font set-up took ~0.9 s), asks git and the
   installed packages for the session's params (~0.45 s) and hashes the dataset (~0.15 s). While
-  the tests wait on LM calls the controller's process is mostly idle, so a daemon thread does
-  those then, in a process that pytest runs as its program (:func:`owns_process`: pytester
-  restores ``sys.modules`` after an in-process run, which would leave modules imported twice).
+  the tests wait on an LM reached over HTTP the controller's process is mostly idle, so a daemon
+  thread does those then (not with an in-process model, which keeps the cores busy), in a
+  process that pytest runs as its program (:func:`owns_process`: pytester restores
+  ``sys.modules`` after an in-process run, which would leave modules imported twice).
   Best effort: a failure there is left for the end of the session to meet (and report) itself.
 * :func:`freeze_for_exit`: once a session's results are written, a process that pytest runs as
   its own program only has to exit. Python's last garbage collection and module teardown over

@@ -41,17 +41,26 @@ def outcome(lines: list[str], tag: str) -> dict[str, object]:
     return found[-1]
 
 
-@pytest.mark.parametrize("xdist", [[], ["-n", "1"]], ids=["no-xdist", "xdist-1"])
+@pytest.mark.parametrize(
+    ("args", "warmed"),
+    [
+        (["--evals-lm", "openai/fake"], True),
+        (["--evals-lm", "openai/fake", "-n", "1"], True),  # the xdist controller warms at the first records
+        ([], False),  # the default in-process model keeps the cores busy: warming would only move work earlier
+    ],
+    ids=["http", "http-xdist-1", "in-process"],
+)
 def test_a_pytest_process_warms_its_end_and_exits_without_a_last_collection(
-    eval_project: pytest.Pytester, xdist: list[str]
+    eval_project: pytest.Pytester, args: list[str], warmed: bool
 ) -> None:
-    # Under xdist the controller collects nothing: it warms when the first records reach it.
+    # The scripted DummyLM answers whatever --evals-lm names; the spec says how the LM is reached.
     eval_project.makeconftest(DUMMY_CONFTEST + "\nimport sys\n" + WATCH)
-    args = ["-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider", *xdist]
-    result = eval_project.runpytest_subprocess(*args)
+    result = eval_project.runpytest_subprocess(
+        "-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider", *args
+    )
     result.assert_outcomes(passed=1)
     lines = result.outlines
-    assert outcome(lines, "WARM ") == {"agg": True}
+    assert outcome(lines, "WARM ") == {"agg": warmed}
     exit_state = outcome(lines, "EXIT ")
     assert exit_state["owns"] is True and int(str(exit_state["frozen"])) > 0
 
@@ -59,7 +68,7 @@ def test_a_pytest_process_warms_its_end_and_exits_without_a_last_collection(
 def test_a_session_inside_another_program_frees_its_garbage_as_usual(eval_project: pytest.Pytester) -> None:
     # pytest.main() from a program (a notebook, a script): the program goes on after the session.
     eval_project.makeconftest(DUMMY_CONFTEST + "\nimport sys\n" + WATCH)
-    args = ["-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider"]
+    args = ["-s", "-k", "allergy", "--evals-no-mlflow", "-p", "no:cacheprovider", "--evals-lm", "openai/fake"]
     result = eval_project.run(sys.executable, "-c", f"import sys, pytest; sys.exit(pytest.main({args!r}))")
     assert result.ret == 0, result.stdout.str()
     assert outcome(result.outlines, "WARM ") == {"agg": False}  # no warm thread: its end imports what it needs
