@@ -57,6 +57,19 @@ def test_without_a_cap_no_callback_is_added() -> None:
         assert type(dspy.settings.callbacks[0]).__name__ == "Admit"  # first: a waiting call has not started
 
 
+def call_on_a_thread(lm: ScriptedLM) -> threading.Thread:
+    """Call ``lm`` on a started thread in this thread's dspy callbacks (as dspy.Parallel hands them on)."""
+    callbacks = dspy.settings.callbacks
+
+    def call() -> None:
+        with dspy.context(callbacks=callbacks):
+            lm(prompt="x")
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
 def test_waits_for_slots_are_not_latency_and_the_programs_own_time_is() -> None:
     clock = FakeClock()
 
@@ -152,17 +165,8 @@ def test_calls_from_threads_of_one_attempt_each_take_a_slot() -> None:
     gate = Limiter(LocalSlots(4))
     barrier = threading.Barrier(3, timeout=5)
     lm = ScriptedLM(barrier.wait)  # three calls in flight at once, or the barrier never opens
-    admissions = Admissions(gate)
-    with admissions.scope():
-        callbacks = dspy.settings.callbacks
-
-        def call() -> None:
-            with dspy.context(callbacks=callbacks):
-                lm(prompt="x")
-
-        threads = [threading.Thread(target=call) for _ in range(3)]
-        for thread in threads:
-            thread.start()
+    with Admissions(gate).scope():
+        threads = [call_on_a_thread(lm) for _ in range(3)]
         for thread in threads:
             thread.join(5)
     assert gate.stats().peak_in_flight == 3 and gate.stats().in_flight == 0
@@ -195,16 +199,8 @@ def test_a_call_still_running_on_another_thread_keeps_its_slot_until_it_ends() -
     gate = Limiter(LocalSlots(2))
     release = threading.Event()
     lm = ScriptedLM(lambda: release.wait(5))
-    admissions = Admissions(gate)
-    with admissions.scope():
-        callbacks = dspy.settings.callbacks
-
-        def straggler() -> None:
-            with dspy.context(callbacks=callbacks):
-                lm(prompt="x")
-
-        thread = threading.Thread(target=straggler)
-        thread.start()
+    with Admissions(gate).scope():
+        thread = call_on_a_thread(lm)
         while gate.stats().in_flight == 0 and thread.is_alive():
             time.sleep(0.01)
     assert gate.stats().in_flight == 1  # the program returned; its straggling call is still in flight

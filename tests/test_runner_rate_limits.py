@@ -155,20 +155,6 @@ def test_no_retry_when_no_slot_comes_free_within_the_budget() -> None:
     assert record.latency_ms <= 60_000
 
 
-def test_the_wait_for_the_first_slot_is_not_latency() -> None:
-    clock = FakeClock()
-
-    class Queued:
-        """A gate whose first ticket comes after 30 s (the example waited behind others)."""
-
-        def acquire(self, timeout: float | None = None) -> object:
-            clock.now += 30
-            return Limiter(LocalSlots(1)).try_acquire()
-
-    record = run(Scripted(clock, [], seconds=1.5), clock, RetryPolicy(), gate=Queued())
-    assert record.latency_ms == pytest.approx(1_500)
-
-
 def test_records_without_the_field_still_load() -> None:
     clock = FakeClock()
     record = run(Scripted(clock, [LMRateLimitError]), clock, RetryPolicy())
