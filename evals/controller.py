@@ -25,9 +25,9 @@ from evals.errors import ConfigError
 from evals.harness.models import program_model
 from evals.harness.params import program_params, program_state, session_params
 from evals.harness.resources import Harness
-from evals.lifecycle import FINISH_MODULES, evaluates, freeze_for_exit, imports, owns_process, warm
+from evals.lifecycle import FINISH_MODULES, freeze_for_exit, imports, owns_process, warm
 from evals.lm.spec import IN_PROCESS
-from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord
+from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, ExampleRecord, evaluates
 from evals.results.finish import SessionEnd, finish
 from evals.results.shard import shard_of, shard_summary
 from evals.results.summary import SessionSummary, summarize
@@ -182,9 +182,11 @@ class Controller:
         Only in a session that is its process's program: pytester restores ``sys.modules`` after an
         in-process run, and a module a warm thread imported there would be imported twice in one process.
         """
-        if self.warmed or not owns_process(self.config) or self.harness.lm_spec().backend in IN_PROCESS:
+        if self.warmed:
             return
-        self.warmed = True
+        self.warmed = True  # decided once: later records do not ask again
+        if not owns_process(self.config) or self.harness.lm_spec().backend in IN_PROCESS:
+            return
         harness = self.harness
         modules: tuple[str, ...] = FINISH_MODULES
         if self.config.pluginmanager.has_plugin("hypothesispytest"):  # its terminal summary imports this

@@ -75,11 +75,6 @@ def _run_all(thunks: Iterable[Callable[[], object]]) -> None:
             continue
 
 
-def evaluates(item: pytest.Item) -> bool:
-    """Whether a test evaluates programs (its session ends with a report)."""
-    return bool({"evals_evaluate", "evals_stability"} & set(getattr(item, "fixturenames", ())))
-
-
 def owns_process(config: pytest.Config) -> bool:
     """Whether this session is the program its process runs: ``pytest`` / ``python -m pytest`` with these arguments.
 

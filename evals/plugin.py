@@ -17,7 +17,7 @@ import pytest
 from evals.config.settings import OPTIONS, resolve
 from evals.errors import ConfigError, LMUnavailable
 from evals.labels import DIAGNOSES, slug
-from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY
+from evals.records import RECORDS_PROPERTY, STABILITY_PROPERTY, evaluates
 
 if TYPE_CHECKING:
     from evals.config.shard import Shard
@@ -95,17 +95,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if in_shard(item, shard)]
 
 
-EVALUATING_FIXTURES = ("evals_evaluate", "evals_stability")
-"""Fixtures that make LM calls whose records a session (and a merge) counts."""
-
-
 def in_shard(item: pytest.Item, shard: Shard) -> bool:
     """True for a test of ``shard``, and for every test that is no eval test (each shard runs those)."""
     fixtures = getattr(item, "fixturenames", ())
     if "evals_program" not in fixtures:
         # A test that evaluates without being parametrized by program (a saved robustness case) runs in
         # one shard, by its node id: in every shard it would be counted N times by the merge.
-        return not any(name in fixtures for name in EVALUATING_FIXTURES) or shard.holds(None, None, item.nodeid)
+        return not evaluates(item) or shard.holds(None, None, item.nodeid)
     params = getattr(getattr(item, "callspec", None), "params", {})
     return shard.holds(params.get("evals_program"), params.get("diagnosis"), item.nodeid)
 

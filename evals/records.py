@@ -81,3 +81,12 @@ RECORDS_PROPERTY = "evals_records"
 
 STABILITY_PROPERTY = "evals_stability"
 """Key under which robustness tests send ``{"record": StabilityRecord dict, "text": perturbed text}``."""
+
+EVALUATING_FIXTURES = ("evals_evaluate", "evals_stability")
+"""Fixtures whose tests make LM calls and send records: the tests a session (and a merge) counts."""
+
+
+def evaluates(item: Any) -> bool:
+    """Whether a pytest item uses one of :data:`EVALUATING_FIXTURES` (its session ends with a report)."""
+    fixtures = getattr(item, "fixturenames", ())
+    return any(name in fixtures for name in EVALUATING_FIXTURES)
